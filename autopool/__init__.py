@@ -1,0 +1,38 @@
+"""autopool: SQLAlchemy connection pools for Django's stock MySQL backend.
+
+``import autopool; autopool.install()`` and every ``DATABASES`` alias with a
+``POOL`` setting checks connections out of a pool instead of opening one per
+request (or per greenlet), with ``ENGINE`` left as
+``django.db.backends.mysql``.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+from .errors import PoolClosed, PoolError, PoolTimeout, TooManyWaiters
+from .patch import install, is_installed, uninstall
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "install", "uninstall", "is_installed", "dispose", "stats",
+    "PoolError", "PoolTimeout", "TooManyWaiters", "PoolClosed", "__version__",
+]
+
+
+def dispose(alias: Optional[str] = None) -> int:
+    """Close the pools of ``alias`` (every alias if None) for a graceful shutdown.
+
+    Idle connections close now, checked-out ones when returned; a later
+    checkout builds a fresh pool. Returns the number of pools closed.
+    """
+    from . import registry
+
+    return registry.dispose(alias)
+
+
+def stats(alias: Optional[str] = None) -> List[Dict[str, Any]]:
+    """One plain dict per live pool of this process (never a password)."""
+    from .introspect import pool_stats
+
+    return pool_stats(alias)

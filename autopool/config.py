@@ -1,0 +1,293 @@
+"""Parse and validate ``DATABASES[alias]["POOL"]``.
+
+Every option is declared once in :data:`OPTIONS` (name, default, meaning);
+the README's option table is checked against it. A bad value raises
+``ImproperlyConfigured`` naming the alias, the key and what is valid, so a
+typo never surfaces as a traceback from deep inside SQLAlchemy.
+"""
+from __future__ import annotations
+
+import difflib
+import numbers
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
+
+from .presets import PRESETS
+
+Number = Union[int, float]
+# Options of the elastic pool may be numbers or zero-argument callables
+# evaluated each time they are used (the seed's contract).
+Dynamic = Union[Number, Callable[[], Number]]
+
+DEFAULT_POOL_CLASS = "autopool.pool.QueuePool"
+_POOL_CLASS_ALIASES = {
+    # The seed's class names and SQLAlchemy's QueuePool map onto autopool's
+    # fair implementations: same options, plus bounded, first-come waits.
+    "QueuePool": "autopool.pool.QueuePool",
+    "sqlalchemy.pool.QueuePool": "autopool.pool.QueuePool",
+    "sqlalchemy.pool.impl.QueuePool": "autopool.pool.QueuePool",
+    "DjangoQueuePool": "autopool.pool.DjangoQueuePool",
+    "django_db_conn_pool.mysqlalchemy.pool.DjangoQueuePool": "autopool.pool.DjangoQueuePool",
+}
+RESET_CHOICES = ("rollback", "commit", None, True, False)
+COOPERATIVE_CHOICES = ("auto", True, False)
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    default: Any
+    doc: str
+
+
+OPTIONS: Tuple[Option, ...] = (
+    Option("preset", None, "Name of a preset to start from: slow_and_safe, fast_and_sane or fast_and_wild."),
+    Option("django_pool_class", DEFAULT_POOL_CLASS,
+           "Pool class or dotted path. SQLAlchemy's QueuePool and the seed's DjangoQueuePool map to "
+           "autopool's fair implementations."),
+    Option("django_pre_ping", False,
+           "Ping each idle connection before handing it out; a dead one is replaced transparently. "
+           "Same mechanism as pre_ping (one round trip per checkout)."),
+    Option("django_reset_on_return", True,
+           "Roll back on return only when a transaction may be open (tracked from Django and the "
+           "driver's server status), so a clean connection costs no round trip."),
+    Option("django_core_pool_size", None,
+           "DjangoQueuePool: connections never retired (default: pool_size). Number or callable."),
+    Option("django_unload_timeout", None,
+           "DjangoQueuePool: once core connections are checked out, wait up to this many seconds for "
+           "one to come back before opening another (None: open at once). Number or callable."),
+    Option("django_retire_interval", 5,
+           "DjangoQueuePool: seconds between retirement rounds. Number or callable."),
+    Option("django_retire_quantity", 1,
+           "DjangoQueuePool: idle connections above core closed per round, oldest idle first. "
+           "Number or callable."),
+    Option("pool_size", 5, "Connections kept open in the pool."),
+    Option("max_overflow", 10,
+           "Extra connections opened under load and closed on return; -1 for no limit."),
+    Option("timeout", 30, "Seconds a checkout waits for a connection before raising autopool.PoolTimeout."),
+    Option("recycle", 3600,
+           "Replace connections older than this many seconds at checkout (-1: never). Keep it below "
+           "the server's wait_timeout."),
+    Option("dialect", None,
+           "SQLAlchemy dialect instance used for pings and resets; None picks the MySQL dialect of "
+           "the driver in use (mysqlclient or PyMySQL)."),
+    Option("pre_ping", False, "SQLAlchemy's pre-ping on checkout (one round trip per checkout)."),
+    Option("use_threadlocal", False,
+           "Removed from SQLAlchemy 1.4; emulated: a thread (or greenlet) gets back the connection it "
+           "returned last when that one is idle. Two checkouts never share a connection."),
+    Option("reset_on_return", None,
+           "SQLAlchemy's unconditional reset on every return: 'rollback' (or True), 'commit', or "
+           "None/False (autopool's tracked rollback applies instead)."),
+    Option("use_lifo", False, "Hand out the most recently returned connection first (lets idle ones age out)."),
+    Option("echo", False, "SQLAlchemy pool logging: True, False or 'debug'."),
+    Option("max_waiting", None,
+           "When the pool is exhausted and this many requests already wait, fail at once with "
+           "autopool.TooManyWaiters (None: no limit)."),
+    Option("cooperative", "auto",
+           "mysqlclient under gevent: wait for query results cooperatively ('auto': when gevent has "
+           "patched socket; True; False)."),
+    Option("leak_detection_threshold", None,
+           "Seconds; log once, with the checkout stack, a connection held longer than this."),
+    Option("reset_session", False,
+           "Reset the server session on return (COM_RESET_CONNECTION): user variables, temporary "
+           "tables, SET SESSION changes, table and named locks. One round trip per return."),
+)
+OPTION_NAMES = tuple(o.name for o in OPTIONS)
+_DEFAULTS = {o.name: o.default for o in OPTIONS}
+_ELASTIC = ("django_core_pool_size", "django_unload_timeout", "django_retire_interval", "django_retire_quantity")
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """A validated ``POOL`` setting; field names are the option names."""
+
+    alias: str
+    pool_class: type
+    django_pre_ping: bool = False
+    django_reset_on_return: bool = True
+    django_core_pool_size: Optional[Dynamic] = None
+    django_unload_timeout: Optional[Dynamic] = None
+    django_retire_interval: Dynamic = 5
+    django_retire_quantity: Dynamic = 1
+    pool_size: int = 5
+    max_overflow: int = 10
+    timeout: float = 30
+    recycle: float = 3600
+    dialect: Any = None
+    pre_ping: bool = False
+    use_threadlocal: bool = False
+    reset_on_return: Any = None
+    use_lifo: bool = False
+    echo: Any = False
+    max_waiting: Optional[int] = None
+    cooperative: Any = "auto"
+    leak_detection_threshold: Optional[float] = None
+    reset_session: bool = False
+    preset: Optional[str] = None
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def sa_reset_on_return(self) -> Optional[str]:
+        """The value handed to SQLAlchemy's ``reset_on_return``."""
+        if self.reset_on_return in ("rollback", True):
+            return "rollback"
+        if self.reset_on_return == "commit":
+            return "commit"
+        return None
+
+    @property
+    def any_pre_ping(self) -> bool:
+        return self.pre_ping or self.django_pre_ping
+
+
+def _fail(alias: str, key: Optional[str], message: str) -> ImproperlyConfigured:
+    where = f"DATABASES[{alias!r}]['POOL']" + (f"[{key!r}]" if key else "")
+    return ImproperlyConfigured(f"{where}: {message}")
+
+
+def resolve(alias: str, setting: Any) -> Dict[str, Any]:
+    """Return the effective option dict: defaults, then the preset, then overrides."""
+    if isinstance(setting, str):
+        setting = {"preset": setting}
+    if not isinstance(setting, Mapping):
+        raise _fail(alias, None, f"expected a dict of options or a preset name "
+                                 f"({', '.join(sorted(PRESETS))}), got {type(setting).__name__}")
+    unknown = [k for k in setting if k not in _DEFAULTS]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), OPTION_NAMES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise _fail(alias, str(key), f"unknown option{hint}; valid options are: {', '.join(OPTION_NAMES)}")
+    options = dict(_DEFAULTS)
+    preset = setting.get("preset")
+    if preset is not None:
+        if not isinstance(preset, str) or preset.lower() not in PRESETS:
+            raise _fail(alias, "preset", f"unknown preset {preset!r}; valid presets are: "
+                                         f"{', '.join(sorted(PRESETS))}")
+        options.update(PRESETS[preset.lower()])
+    options.update(setting)
+    return options
+
+
+def _pool_class(alias: str, value: Any) -> type:
+    from sqlalchemy.pool import Pool, QueuePool as SAQueuePool
+
+    from . import pool as autopool_pool
+
+    if value is SAQueuePool:
+        return autopool_pool.QueuePool
+    if isinstance(value, str):
+        path = _POOL_CLASS_ALIASES.get(value, value)
+        try:
+            value = import_string(path)
+        except ImportError as exc:
+            raise _fail(alias, "django_pool_class", f"cannot import {path!r} ({exc}); use a Pool "
+                        "subclass or a dotted path such as 'autopool.pool.QueuePool' or "
+                        "'autopool.pool.DjangoQueuePool'") from None
+        if value is SAQueuePool:
+            return autopool_pool.QueuePool
+    if not (isinstance(value, type) and issubclass(value, Pool)):
+        raise _fail(alias, "django_pool_class", f"expected a sqlalchemy.pool.Pool subclass or its dotted "
+                    f"path, got {value!r}")
+    return value
+
+
+def _check_number(alias: str, key: str, value: Any, *, minimum: Number, integer: bool = False,
+                  allow_none: bool = False, allow_callable: bool = False, extra: str = "") -> None:
+    if value is None and allow_none:
+        return
+    if allow_callable and callable(value):
+        return
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if ok and integer:
+        ok = isinstance(value, numbers.Integral)
+    if ok:
+        ok = value >= minimum
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        what = f"{kind} >= {minimum}" + (extra and f" {extra}") + (" or None" if allow_none else "")
+        if allow_callable:
+            what += " (or a zero-argument callable returning one)"
+        raise _fail(alias, key, f"expected {what}, got {value!r}")
+
+
+def _check_choice(alias: str, key: str, value: Any, choices: Tuple[Any, ...]) -> None:
+    if not any(value is c or (isinstance(c, str) and value == c) for c in choices):
+        raise _fail(alias, key, f"invalid value {value!r}; valid choices are: "
+                                f"{', '.join(repr(c) for c in choices)}")
+
+
+def parse(alias: str, setting: Any) -> PoolConfig:
+    """Validate a ``POOL`` setting and return its :class:`PoolConfig`."""
+    from .pool import DjangoQueuePool
+
+    o = resolve(alias, setting)
+    pool_class = _pool_class(alias, o["django_pool_class"])
+    for key in ("django_pre_ping", "django_reset_on_return", "pre_ping", "use_threadlocal",
+                "use_lifo", "reset_session"):
+        _check_choice(alias, key, o[key], (True, False))
+    _check_number(alias, "pool_size", o["pool_size"], minimum=1, integer=True)
+    _check_number(alias, "max_overflow", o["max_overflow"], minimum=-1, integer=True, extra="(-1: no limit)")
+    _check_number(alias, "timeout", o["timeout"], minimum=0)
+    if o["recycle"] != -1:
+        _check_number(alias, "recycle", o["recycle"], minimum=0, extra="(or -1: never)")
+    _check_number(alias, "max_waiting", o["max_waiting"], minimum=0, integer=True, allow_none=True)
+    _check_number(alias, "leak_detection_threshold", o["leak_detection_threshold"], minimum=0, allow_none=True)
+    _check_choice(alias, "reset_on_return", o["reset_on_return"], RESET_CHOICES)
+    _check_choice(alias, "cooperative", o["cooperative"], COOPERATIVE_CHOICES)
+    _check_choice(alias, "echo", o["echo"], (True, False, None, "debug"))
+    _check_number(alias, "django_core_pool_size", o["django_core_pool_size"], minimum=0, integer=True,
+                  allow_none=True, allow_callable=True)
+    _check_number(alias, "django_unload_timeout", o["django_unload_timeout"], minimum=0, allow_none=True,
+                  allow_callable=True)
+    _check_number(alias, "django_retire_interval", o["django_retire_interval"], minimum=0,
+                  allow_callable=True, extra="(exclusive)")
+    if not callable(o["django_retire_interval"]) and o["django_retire_interval"] == 0:
+        raise _fail(alias, "django_retire_interval", "expected a number > 0, got 0")
+    _check_number(alias, "django_retire_quantity", o["django_retire_quantity"], minimum=0, integer=True,
+                  allow_callable=True)
+    if not issubclass(pool_class, DjangoQueuePool):
+        explicit = [k for k in _ELASTIC if k in _explicit_keys(setting)]
+        if explicit:
+            raise _fail(alias, explicit[0], f"only applies to autopool.pool.DjangoQueuePool, but "
+                        f"django_pool_class is {pool_class.__module__}.{pool_class.__qualname__}; "
+                        f"set 'django_pool_class': 'autopool.pool.DjangoQueuePool' or remove it")
+    core = o["django_core_pool_size"]
+    if isinstance(core, int) and core > o["pool_size"] and o["max_overflow"] == 0:
+        raise _fail(alias, "django_core_pool_size", f"{core} exceeds pool_size {o['pool_size']} "
+                    "with max_overflow=0")
+    o.pop("django_pool_class")
+    return PoolConfig(alias=alias, pool_class=pool_class, raw=dict(o), **o)
+
+
+def _explicit_keys(setting: Any) -> Tuple[str, ...]:
+    """Keys the user set, counting those coming from a chosen preset."""
+    if isinstance(setting, str):
+        setting = {"preset": setting}
+    keys = set(setting)
+    preset = setting.get("preset")
+    if isinstance(preset, str) and preset.lower() in PRESETS:
+        keys |= set(PRESETS[preset.lower()])
+    return tuple(keys)
+
+
+def enabled(settings: Any = None) -> bool:
+    """Whether pooling is on: ``AUTOPOOL_ENABLED`` in the environment wins over the setting."""
+    env = os.environ.get("AUTOPOOL_ENABLED")
+    if env is not None:
+        return env.strip().lower() not in ("0", "false", "no", "off", "")
+    if settings is None:
+        from django.conf import settings
+    return bool(getattr(settings, "AUTOPOOL_ENABLED", True))
+
+
+def evaluate(value: Optional[Dynamic]) -> Optional[Number]:
+    """The current value of a number-or-callable option."""
+    return value() if callable(value) else value
+
+
+__all__ = ["OPTIONS", "Option", "PoolConfig", "parse", "resolve", "enabled", "evaluate", "replace"]

@@ -1,0 +1,25 @@
+"""Named errors raised by autopool.
+
+They subclass Django's ``OperationalError`` so that code already handling
+database outages (retry middleware, Celery autoretry_for) handles pool
+exhaustion the same way, without importing autopool.
+"""
+from __future__ import annotations
+
+from django.db import OperationalError
+
+
+class PoolError(OperationalError):
+    """Base class of the errors raised by an autopool pool."""
+
+
+class PoolTimeout(PoolError):
+    """No connection became available within the pool's ``timeout``."""
+
+
+class TooManyWaiters(PoolError):
+    """The pool is exhausted and ``max_waiting`` requests already wait for it."""
+
+
+class PoolClosed(PoolError):
+    """The pool was disposed while a request waited for it."""

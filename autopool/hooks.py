@@ -1,0 +1,210 @@
+"""The wrappers autopool puts around Django's MySQL ``DatabaseWrapper``.
+
+Plain wrapt wrappers ``(wrapped, instance, args, kwargs)``; ``patch.py``
+registers them. One request's life:
+
+* ``connect()`` calls ``get_new_connection()``: check a connection out of the
+  alias's pool (``registry``/``pool``) and hand Django the raw DB-API
+  connection, so queries pay no proxy. Django's session set-up
+  (``init_connection_state``, ``SET autocommit``) runs once per *physical*
+  connection, not per checkout.
+* ``close()`` (end of request) reaches ``_close()``: the connection goes back
+  to the pool, rolled back first only if a transaction may be open.
+  ``_close()`` outside ``close()``, inside ``atomic()``, after errors or a
+  failed health check really closes it: Django judged it broken or mid-
+  transaction, so it is invalidated, never pooled.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+from . import config as config_mod
+from . import registry
+from .pool import LEASED_ATTR as LEASED
+
+logger = logging.getLogger("autopool")
+
+LEASE = "_autopool_lease"      # the SQLAlchemy fairy checked out by this wrapper
+REUSED = "_autopool_reused"    # set by checkout: skip the next init_connection_state
+CLOSING = "_autopool_closing"  # inside close(): _close() may return to the pool
+DISTRUST = "_autopool_distrust"  # inside a failed health check: never return
+INIT = "autopool_initialized"  # record.info key: this dbapi connection is set up
+
+NO_DB_ALIAS = "__no_db__"
+
+_enabled: Optional[bool] = None
+
+
+def pooling_enabled() -> bool:
+    global _enabled
+    if _enabled is None:
+        _enabled = config_mod.enabled()
+    return _enabled
+
+
+def reset_enabled_cache(**kwargs: Any) -> None:
+    global _enabled
+    if kwargs.get("setting") in (None, "AUTOPOOL_ENABLED"):
+        _enabled = None
+
+
+def get_new_connection(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    settings_dict = instance.settings_dict
+    pool_setting = settings_dict.get("POOL")
+    if pool_setting is None or instance.alias == NO_DB_ALIAS or not pooling_enabled():
+        return wrapped(*args, **kwargs)
+    d = instance.__dict__
+    stale = d.pop(LEASE, None)
+    if stale is not None:
+        # The previous connection was dropped without close() (e.g.
+        # ``connection.connection = None``): its state is unknown.
+        discard(stale)
+    conn_params = args[0] if args else kwargs["conn_params"]
+    key = registry.params_key(conn_params, pool_setting)
+    entry = registry.get(instance.alias, key)
+    if entry is None:
+        entry = registry.create(instance.alias, key, pool_setting, instance.Database,
+                                _creator(wrapped, conn_params), conn_params)
+    fairy = entry.pool.connect()
+    conn = fairy.dbapi_connection
+    rec = fairy._connection_record
+    rec.__dict__[LEASED] = True
+    d[LEASE] = fairy
+    d[REUSED] = rec.info.get(INIT) is conn
+    if entry.server_data is not None and "mysql_server_data" not in d:
+        d["mysql_server_data"] = entry.server_data
+    return conn
+
+
+def _creator(wrapped: Any, conn_params: dict) -> Any:
+    # The stock get_new_connection does not use ``self``; binding None keeps
+    # the pool from holding a DatabaseWrapper (and its thread's state) alive.
+    func = getattr(wrapped, "__func__", wrapped)
+
+    def connect() -> Any:
+        return func(None, conn_params)
+
+    return connect
+
+
+def init_connection_state(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    d = instance.__dict__
+    if d.pop(REUSED, False):
+        return None
+    result = wrapped(*args, **kwargs)
+    fairy = d.get(LEASE)
+    if fairy is not None and fairy.dbapi_connection is instance.connection:
+        fairy._connection_record.info[INIT] = instance.connection
+        entry = fairy._pool.autopool_entry
+        if entry.server_data is None and "mysql_server_data" in d:
+            entry.server_data = d["mysql_server_data"]
+    return result
+
+
+def set_autocommit(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    if LEASE in instance.__dict__:
+        autocommit = args[0] if args else kwargs["autocommit"]
+        try:
+            # Read from the server status of the last reply: no round trip.
+            same = bool(instance.connection.get_autocommit()) == bool(autocommit)
+        except Exception:  # noqa: BLE001 - let the stock path raise properly
+            same = False
+        if same:
+            return None
+    return wrapped(*args, **kwargs)
+
+
+def close(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    d = instance.__dict__
+    if LEASE not in d:
+        return wrapped(*args, **kwargs)
+    d[CLOSING] = True
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        d.pop(CLOSING, None)
+
+
+def close_if_health_check_failed(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    d = instance.__dict__
+    if LEASE not in d:
+        return wrapped(*args, **kwargs)
+    # The only close() this method makes follows a failed is_usable().
+    d[DISTRUST] = True
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        d.pop(DISTRUST, None)
+
+
+def _close(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    d = instance.__dict__
+    fairy = d.pop(LEASE, None)
+    if fairy is None:
+        return wrapped(*args, **kwargs)
+    d.pop(REUSED, None)
+    if instance.connection is not fairy.dbapi_connection:
+        # Code replaced the connection object: close that one as stock does.
+        discard(fairy)
+        return wrapped(*args, **kwargs)
+    if (d.get(CLOSING) and not d.get(DISTRUST) and not instance.in_atomic_block
+            and not instance.errors_occurred):
+        release(instance, fairy)
+    else:
+        discard(fairy)
+    return None
+
+
+def release(instance: Any, fairy: Any) -> None:
+    """Return a healthy connection to its pool, never inside a transaction."""
+    entry = fairy._pool.autopool_entry
+    rec = fairy._connection_record
+    rec.__dict__.pop(LEASED, None)
+    if entry.inherited:
+        # A forked child must not touch the parent's session: keep it alive,
+        # unused, with the inherited pool.
+        fairy._pool._do_return_conn = lambda record: None
+        return
+    cfg = entry.config
+    conn = fairy.dbapi_connection
+    driver = entry.driver
+    try:
+        if not driver.is_open(conn):
+            discard(fairy)
+            return
+        if cfg.sa_reset_on_return is None and (not instance.autocommit or driver.may_be_in_transaction(conn)):
+            if not cfg.django_reset_on_return:
+                logger.warning("autopool: %r returned inside a transaction with no reset configured "
+                               "(django_reset_on_return=False, reset_on_return=None); closing it",
+                               entry.alias)
+                discard(fairy)
+                return
+            conn.rollback()
+            fairy._pool.counters.rollbacks_on_return += 1
+        if cfg.reset_session:
+            driver.reset_session(conn)
+            rec.info.pop(INIT, None)
+            fairy._pool.counters.session_resets += 1
+    except Exception as exc:  # noqa: BLE001 - a failed reset means a broken connection
+        logger.info("autopool: reset on return failed for %r (%s); closing the connection",
+                    entry.alias, type(exc).__name__)
+        discard(fairy)
+        return
+    fairy.close()
+
+
+def discard(fairy: Any) -> None:
+    """Physically close a checked-out connection and free its pool slot."""
+    rec = fairy._connection_record
+    if rec is not None:
+        rec.__dict__.pop(LEASED, None)
+    entry = getattr(fairy._pool, "autopool_entry", None)
+    if entry is not None and entry.inherited:
+        return
+    if fairy.dbapi_connection is None:
+        return
+    try:
+        fairy.invalidate()
+    except Exception:  # noqa: BLE001 - closing a dead connection may fail; the slot is freed anyway
+        logger.debug("autopool: error while closing a connection", exc_info=True)

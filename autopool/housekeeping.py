@@ -1,0 +1,91 @@
+"""One housekeeping task per process for every elastic pool.
+
+A daemon thread; under gevent monkey patching ``threading.Thread`` is a
+greenlet, so the task never needs its own OS thread there. It only retires
+idle connections (outside the pool lock's critical section for the close
+itself), so it never blocks a request. Stopped by ``uninstall()``; after
+``fork()`` the child starts a fresh one on demand.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import weakref
+from typing import Any, Optional
+
+logger = logging.getLogger("autopool")
+
+_pools: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_thread: Optional[threading.Thread] = None
+_stop: Optional[threading.Event] = None
+_lock = threading.Lock()
+# Upper bound on one sleep, so a changed callable interval takes effect soon.
+MAX_SLEEP = 1.0
+
+
+def register(pool: Any) -> None:
+    if not hasattr(pool, "retire"):
+        return
+    _pools.add(pool)
+    _ensure_started()
+
+
+def unregister(pool: Any) -> None:
+    _pools.discard(pool)
+
+
+def run_once() -> float:
+    """Retire what is due in every pool; return seconds until the next round."""
+    wait = MAX_SLEEP
+    for pool in list(_pools):
+        try:
+            pool.retire()
+        except Exception:  # noqa: BLE001 - a broken pool must not stop the others
+            logger.exception("autopool: housekeeping failed for %r", getattr(pool, "name", pool))
+        due = pool.next_due()
+        if due is not None:
+            wait = min(wait, max(due - pool._clock(), 0.0))
+    return wait
+
+
+def _run(stop: threading.Event) -> None:
+    while not stop.is_set():
+        stop.wait(run_once() or 0.01)
+
+
+def _ensure_started() -> None:
+    global _thread, _stop
+    with _lock:
+        if _thread is not None and _thread.is_alive():
+            return
+        _stop = threading.Event()
+        _thread = threading.Thread(target=_run, args=(_stop,), name="autopool-housekeeping", daemon=True)
+        _thread.start()
+
+
+def stop(timeout: float = 5.0) -> None:
+    """Stop the task and wait for it (used by ``uninstall()`` and tests)."""
+    global _thread, _stop
+    with _lock:
+        thread, event = _thread, _stop
+        _thread = _stop = None
+    if event is not None:
+        event.set()
+    if thread is not None and thread is not threading.current_thread():
+        thread.join(timeout)
+
+
+def is_running() -> bool:
+    return _thread is not None and _thread.is_alive()
+
+
+def _after_fork_in_child() -> None:
+    global _thread, _stop, _lock
+    _thread = _stop = None
+    _lock = threading.Lock()
+    _pools.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

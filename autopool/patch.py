@@ -1,0 +1,104 @@
+"""Registration of the hooks: ``install()`` / ``uninstall()``.
+
+Patch definitions live in ``hooks``; this module only applies and removes
+them, with wrapt, whether Django's MySQL backend is imported before or after
+``install()``. Every patch is recorded with what it replaced so that
+``uninstall()`` restores the stock class attribute by identity.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, List, Tuple
+
+import wrapt
+
+from . import hooks
+
+TARGET_MODULE = "django.db.backends.mysql.base"
+
+# (attribute of DatabaseWrapper, wrapper). Attributes that Django does not
+# define (older versions) are skipped.
+PATCHES: Tuple[Tuple[str, Callable[..., Any]], ...] = (
+    ("get_new_connection", hooks.get_new_connection),
+    ("init_connection_state", hooks.init_connection_state),
+    ("_set_autocommit", hooks.set_autocommit),
+    ("close", hooks.close),
+    ("close_if_health_check_failed", hooks.close_if_health_check_failed),
+    ("_close", hooks._close),
+)
+
+_lock = threading.RLock()
+_installed = False
+_hook_registered = False
+# (class, attribute, had its own attribute, original value)
+_applied: List[Tuple[type, str, bool, Any]] = []
+
+
+def _apply(module: Any) -> None:
+    with _lock:
+        if not _installed or _applied:
+            return
+        cls = module.DatabaseWrapper
+        for name, wrapper in PATCHES:
+            if not hasattr(cls, name):
+                continue
+            own = name in cls.__dict__
+            original = cls.__dict__[name] if own else None
+            wrapt.wrap_function_wrapper(cls, name, wrapper)
+            _applied.append((cls, name, own, original))
+        _connect_signals()
+
+
+def _connect_signals() -> None:
+    from django.test.signals import setting_changed
+
+    setting_changed.connect(hooks.reset_enabled_cache, dispatch_uid="autopool-enabled")
+
+
+def install() -> None:
+    """Pool every ``DATABASES`` alias that has a ``POOL`` (idempotent)."""
+    global _installed, _hook_registered
+    with _lock:
+        if _installed:
+            return
+        _installed = True
+        hooks.reset_enabled_cache()
+        if not _hook_registered:
+            # Fires now if the backend is already imported, else on import.
+            wrapt.register_post_import_hook(_apply, TARGET_MODULE)
+            _hook_registered = True
+        else:
+            import sys
+
+            module = sys.modules.get(TARGET_MODULE)
+            if module is not None:
+                _apply(module)
+
+
+def uninstall() -> None:
+    """Restore the stock backend exactly and dispose every pool (idempotent)."""
+    global _installed
+    from . import housekeeping, registry
+
+    with _lock:
+        if not _installed:
+            return
+        _installed = False
+        for cls, name, own, original in reversed(_applied):
+            if own:
+                setattr(cls, name, original)
+            else:
+                delattr(cls, name)
+        _applied.clear()
+    registry.dispose()
+    housekeeping.stop()
+
+
+def is_installed() -> bool:
+    """True once ``install()`` was called (and not undone)."""
+    return _installed
+
+
+def is_applied() -> bool:
+    """True when the backend class is currently patched."""
+    return bool(_applied)

@@ -1,0 +1,387 @@
+"""Pool classes: SQLAlchemy pools with fair, bounded waiting.
+
+:class:`QueuePool` keeps SQLAlchemy's ``QueuePool`` options and contract
+(``pool_size``, ``max_overflow``, ``timeout``, ``use_lifo``) but hands a
+returned connection to the oldest waiter first, bounds the number of waiters,
+and raises :class:`~autopool.errors.PoolTimeout` with the numbers that matter.
+One lock guards the bookkeeping; connecting, closing and waiting all happen
+outside it, so a slow server never serialises other requests.
+
+:class:`DjangoQueuePool` is the seed library's elastic pool: connections that
+a burst forced open stay pooled and are retired gradually afterwards.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import Any, Callable, Deque, Optional, Tuple
+
+from sqlalchemy.pool import Pool
+from sqlalchemy.pool.base import _ConnectionRecord
+
+from .config import Dynamic, evaluate
+from .errors import PoolClosed, PoolTimeout, TooManyWaiters
+from .stats import Counters
+
+class _WaitExpired(Exception):
+    """A preliminary wait (the elastic pool's unload timeout) ran out."""
+
+
+logger = logging.getLogger("autopool")
+
+# Record attribute set while Django holds the connection (see hooks.py).
+LEASED_ATTR = "_autopool_leased"
+
+# Handed to a waiter instead of a connection: "a slot is free, open one".
+_SLOT = object()
+
+
+class _Waiter:
+    __slots__ = ("_lock", "item")
+
+    def __init__(self) -> None:
+        # A pre-acquired lock is the cheapest one-shot event; threading.Lock is
+        # gevent's own when monkey patched, so waiting yields to the hub.
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self.item: Any = None
+
+    def wait(self, timeout: Optional[float]) -> bool:
+        return self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0))
+
+    def wake(self, item: Any) -> None:
+        self.item = item
+        self._lock.release()
+
+
+class QueuePool(Pool):
+    """A fair, bounded queue pool.
+
+    Keyword-only options beyond SQLAlchemy's ``QueuePool``:
+
+    ``max_waiting`` (default ``None``: no limit)
+        Checkouts allowed to wait at once; the next raises ``TooManyWaiters``.
+    ``use_threadlocal`` (default ``False``)
+        Prefer the idle connection the calling thread returned last.
+    ``name`` (default ``None``)
+        Shown in error messages and stats; autopool passes the alias.
+    """
+
+    def __init__(
+        self,
+        creator: Callable[..., Any],
+        pool_size: int = 5,
+        max_overflow: int = 10,
+        timeout: float = 30.0,
+        use_lifo: bool = False,
+        *,
+        max_waiting: Optional[int] = None,
+        use_threadlocal: bool = False,
+        name: Optional[str] = None,
+        counters: Optional[Counters] = None,
+        clock: Callable[[], float] = time.monotonic,
+        **kw: Any,
+    ) -> None:
+        super().__init__(creator, **kw)
+        self._pool_size = pool_size
+        self._max_overflow = max_overflow
+        self._timeout = timeout
+        self._use_lifo = use_lifo
+        self._max_waiting = max_waiting
+        self._use_threadlocal = use_threadlocal
+        self.name = name or "pool"
+        self.counters = counters if counters is not None else Counters()
+        self._clock = clock
+        self._lock = threading.Lock()
+        # (record, time it became idle); the left end is the oldest idle.
+        self._idle: Deque[Tuple[_ConnectionRecord, float]] = deque()
+        self._waiters: Deque[_Waiter] = deque()
+        self._opened = 0  # records that exist: idle, checked out, or connecting
+        self._closed = False
+        self._local = threading.local() if use_threadlocal else None
+
+    # -- options SQLAlchemy's recreate() must carry --------------------------
+    def _recreate_kwargs(self) -> dict:
+        return dict(
+            pool_size=self._pool_size, max_overflow=self._max_overflow, timeout=self._timeout,
+            use_lifo=self._use_lifo, max_waiting=self._max_waiting,
+            use_threadlocal=self._use_threadlocal, name=self.name, counters=self.counters,
+            clock=self._clock, recycle=self._recycle, echo=self.echo,
+            logging_name=self._orig_logging_name, reset_on_return=self._reset_on_return,
+            pre_ping=self._pre_ping, _dispatch=self.dispatch, dialect=self._dialect,
+        )
+
+    def recreate(self) -> "QueuePool":
+        self.logger.info("Pool recreating")
+        return self.__class__(self._creator, **self._recreate_kwargs())
+
+    # -- checkout -------------------------------------------------------------
+    def _take_idle(self) -> Optional[_ConnectionRecord]:
+        """Pop an idle record; the caller holds the lock."""
+        idle = self._idle
+        if not idle:
+            return None
+        if self._local is not None:
+            mine = getattr(self._local, "record", None)
+            if mine is not None:
+                for i, (rec, _) in enumerate(idle):
+                    if rec is mine:
+                        del idle[i]
+                        return rec
+        return (idle.pop() if self._use_lifo else idle.popleft())[0]
+
+    def _has_room(self) -> bool:
+        return self._max_overflow < 0 or self._opened < self._pool_size + self._max_overflow
+
+    def _do_get(self) -> _ConnectionRecord:
+        rec = self._get(self._timeout)
+        if self._local is not None:
+            self._local.record = rec
+        counters = self.counters
+        counters.checkouts += 1
+        if self._recycle > -1 and rec.dbapi_connection is not None and \
+                time.time() - rec.starttime > self._recycle:
+            counters.connections_recycled += 1
+        return rec
+
+    def _get(self, timeout: float, *, allow_create: bool = True, final: bool = True) -> _ConnectionRecord:
+        with self._lock:
+            if self._closed:
+                raise PoolClosed(f"pool {self.name!r} is closed")
+            rec = self._take_idle()
+            if rec is not None:
+                return rec
+            if allow_create and self._has_room():
+                self._opened += 1
+                waiter = None
+            else:
+                if self._max_waiting is not None and len(self._waiters) >= self._max_waiting:
+                    self.counters.too_many_waiters += 1
+                    raise TooManyWaiters(
+                        f"pool {self.name!r} is exhausted and {len(self._waiters)} requests already "
+                        f"wait (max_waiting={self._max_waiting}, pool_size={self._pool_size}, "
+                        f"max_overflow={self._max_overflow}, checked out={self.checkedout()})")
+                waiter = _Waiter()
+                self._waiters.append(waiter)
+        if waiter is None:
+            return self._open()
+        return self._wait(waiter, timeout, final)
+
+    def _wait(self, waiter: _Waiter, timeout: float, final: bool = True) -> _ConnectionRecord:
+        start = self._clock()
+        got = waiter.wait(timeout)
+        if not got:
+            with self._lock:
+                # A connection handed over between the timeout and this lock
+                # still counts: taking it loses nothing.
+                got = waiter.item is not None
+                if not got:
+                    self._waiters.remove(waiter)
+                    waiting, out = len(self._waiters), self.checkedout()
+            if not got:
+                if not final:
+                    raise _WaitExpired
+                self.counters.timeouts += 1
+                self.counters.record_wait(self._clock() - start)
+                raise PoolTimeout(
+                    f"no connection available for {self.name!r} within {timeout:g} s "
+                    f"(pool_size={self._pool_size}, max_overflow={self._max_overflow}, "
+                    f"checked out={out}, waiting={waiting}, timeout={self._timeout:g})")
+        self.counters.record_wait(self._clock() - start)
+        item = waiter.item
+        if item is _SLOT:
+            return self._open()
+        if item is PoolClosed:
+            raise PoolClosed(f"pool {self.name!r} was closed while waiting")
+        return item
+
+    def _open(self) -> _ConnectionRecord:
+        """Open a connection for a slot already counted in ``_opened``."""
+        try:
+            return self._create_connection()
+        except BaseException:
+            self._release_slot()
+            raise
+
+    def _release_slot(self) -> None:
+        """A counted connection is gone: give its slot to the oldest waiter."""
+        with self._lock:
+            if self._waiters and not self._closed:
+                self._waiters.popleft().wake(_SLOT)
+            else:
+                self._opened -= 1
+
+    # -- return ---------------------------------------------------------------
+    def _do_return_conn(self, record: _ConnectionRecord) -> None:
+        if record.__dict__.pop(LEASED_ATTR, False) and record.dbapi_connection is not None:
+            # Checked out through Django and never released: its wrapper was
+            # garbage collected (a greenlet or thread that ended without
+            # closing). Its state is unknown, so close it; the server rolls
+            # back whatever it left open.
+            self.counters.leaks += 1
+            logger.warning("autopool: a connection of %r was garbage collected without close(); "
+                           "closing it (call connection.close() / close_old_connections() when "
+                           "work outside a request ends)", self.name)
+            record.invalidate()
+        if record.dbapi_connection is None:
+            # Invalidated: its slot, not the dead record, goes back.
+            self._release_slot()
+            return
+        with self._lock:
+            if self._waiters and not self._closed:
+                self._waiters.popleft().wake(record)
+                return
+            keep = not self._closed and self._opened <= self._keep_limit()
+            if keep:
+                self._idle.append((record, self._clock()))
+            else:
+                self._opened -= 1
+        if not keep:
+            record.close()
+
+    def _keep_limit(self) -> int:
+        """How many connections may stay open once returned."""
+        return self._pool_size
+
+    # -- disposal -------------------------------------------------------------
+    def dispose(self) -> None:
+        """Close the idle connections; checked-out ones are closed when returned
+        only if :meth:`close` was called."""
+        with self._lock:
+            idle = [rec for rec, _ in self._idle]
+            self._idle.clear()
+            self._opened -= len(idle)
+        for rec in idle:
+            rec.close()
+        self.logger.info("Pool disposed. %s", self.status())
+
+    def close(self) -> None:
+        """Dispose and refuse further checkouts; waiters get ``PoolClosed``."""
+        with self._lock:
+            self._closed = True
+            waiters = list(self._waiters)
+            self._waiters.clear()
+        for w in waiters:
+            w.wake(PoolClosed)
+        self.dispose()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- introspection ---------------------------------------------------------
+    def status(self) -> str:
+        return (f"Pool size: {self.size()}  Connections in pool: {self.checkedin()} "
+                f"Current Overflow: {self.overflow()} Current Checked out connections: "
+                f"{self.checkedout()} Waiting: {self.waiting()}")
+
+    def size(self) -> int:
+        return self._pool_size
+
+    def timeout(self) -> float:
+        return self._timeout
+
+    def checkedin(self) -> int:
+        return len(self._idle)
+
+    def overflow(self) -> int:
+        return self._opened - self._pool_size
+
+    def checkedout(self) -> int:
+        return self._opened - len(self._idle)
+
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def opened(self) -> int:
+        return self._opened
+
+    def core_size(self) -> int:
+        return self._pool_size
+
+
+class DjangoQueuePool(QueuePool):
+    """The seed's elastic pool on SQLAlchemy 2.x.
+
+    Connections opened by a burst stay pooled (up to ``pool_size +
+    max_overflow``; with ``max_overflow=0`` a large ``pool_size`` is the
+    burst size) and are closed ``retire_quantity`` at a time, every
+    ``retire_interval`` seconds, oldest idle first, down to ``core_pool_size``.
+    Once ``core_pool_size`` connections are checked out, a checkout first
+    waits up to ``unload_timeout`` for one to come back before opening more.
+    Each of the three may be a zero-argument callable, evaluated when used.
+    """
+
+    def __init__(
+        self,
+        creator: Callable[..., Any],
+        pool_size: int = 30,
+        max_overflow: int = 0,
+        timeout: float = 30.0,
+        use_lifo: bool = False,
+        *,
+        core_pool_size: Optional[Dynamic] = None,
+        unload_timeout: Optional[Dynamic] = None,
+        retire_interval: Dynamic = 5,
+        retire_quantity: Dynamic = 1,
+        **kw: Any,
+    ) -> None:
+        super().__init__(creator, pool_size, max_overflow, timeout, use_lifo, **kw)
+        self._core_pool_size = core_pool_size
+        self._unload_timeout = unload_timeout
+        self._retire_interval = retire_interval
+        self._retire_quantity = retire_quantity
+        self._next_retire: Optional[float] = None
+
+    def _recreate_kwargs(self) -> dict:
+        kw = super()._recreate_kwargs()
+        kw.update(core_pool_size=self._core_pool_size, unload_timeout=self._unload_timeout,
+                  retire_interval=self._retire_interval, retire_quantity=self._retire_quantity)
+        return kw
+
+    def core_size(self) -> int:
+        core = evaluate(self._core_pool_size)
+        return self._pool_size if core is None else int(core)
+
+    def _get(self, timeout: float, *, allow_create: bool = True, final: bool = True) -> _ConnectionRecord:
+        unload = evaluate(self._unload_timeout)
+        if not unload or not allow_create:
+            return super()._get(timeout, allow_create=allow_create, final=final)
+        with self._lock:
+            must_unload = not self._idle and self._opened >= self.core_size()
+        if not must_unload:
+            return super()._get(timeout)
+        start = self._clock()
+        try:
+            # Wait briefly for a returned connection rather than opening one.
+            return super()._get(min(unload, timeout), allow_create=False, final=False)
+        except _WaitExpired:
+            pass
+        return super()._get(max(timeout - (self._clock() - start), 0))
+
+    def retire(self, now: Optional[float] = None) -> int:
+        """Close up to ``retire_quantity`` idle connections above core if a
+        round is due; return how many were closed. Called by the housekeeper."""
+        now = self._clock() if now is None else now
+        if self._next_retire is None:
+            self._next_retire = now + float(evaluate(self._retire_interval))
+        if now < self._next_retire:
+            return 0
+        self._next_retire = now + float(evaluate(self._retire_interval))
+        quantity = int(evaluate(self._retire_quantity))
+        core = self.core_size()
+        with self._lock:
+            n = max(0, min(quantity, self._opened - core, len(self._idle)))
+            victims = [self._idle.popleft()[0] for _ in range(n)]
+            self._opened -= n
+        for rec in victims:
+            rec.close()
+        self.counters.connections_retired += n
+        if n:
+            self.logger.info("Retired %d idle connection(s); %s", n, self.status())
+        return n
+
+    def next_due(self) -> Optional[float]:
+        return self._next_retire

@@ -1,0 +1,205 @@
+"""The process's pools, keyed by database alias and connection parameters.
+
+A changed NAME/USER/HOST/PORT/OPTIONS (the test runner switching to
+``test_<name>``, a ``--parallel`` worker's clone) gets a pool of its own and
+the alias's stale pool is closed, so a connection never reaches another
+database. After ``fork()`` the child starts with no pools: the parent's
+sockets are left untouched (closing them, or letting them be garbage
+collected, would send COM_QUIT and end the parent's sessions).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+
+from sqlalchemy import event
+
+from . import config as config_mod
+from .drivers import Driver, for_module
+from .pool import QueuePool
+
+logger = logging.getLogger("autopool")
+
+_lock = threading.Lock()
+_pools: Dict[Tuple[str, str], "PoolEntry"] = {}
+# Pools inherited across fork(): referenced forever so their sockets are never
+# closed or collected in the child.
+_inherited: List["PoolEntry"] = []
+
+_PUBLIC_PARAMS = ("host", "port", "database", "db", "user", "unix_socket")
+
+
+class PoolEntry:
+    """One pool and what autopool keeps beside it."""
+
+    __slots__ = ("alias", "key", "config", "pool", "driver", "params", "server_data", "inherited", "__weakref__")
+
+    def __init__(self, alias: str, key: str, cfg: "config_mod.PoolConfig", pool: Any, driver: Driver,
+                 params: Dict[str, Any]) -> None:
+        self.alias = alias
+        self.key = key
+        self.config = cfg
+        self.pool = pool
+        self.driver = driver
+        self.params = params
+        # Django's per-wrapper mysql_server_data (one query per new wrapper,
+        # i.e. per greenlet) is the same for every connection of this pool.
+        self.server_data: Optional[dict] = None
+        # Set in a forked child: the pool and its sockets belong to the parent.
+        self.inherited = False
+
+    def __repr__(self) -> str:
+        p = self.params
+        return (f"<PoolEntry alias={self.alias!r} {p.get('user')}@{p.get('host') or p.get('unix_socket')}"
+                f":{p.get('port')}/{p.get('database')} {type(self.pool).__name__}>")
+
+
+def params_key(conn_params: Mapping[str, Any], pool_setting: Any) -> str:
+    """A digest of everything that decides which server session a connection is."""
+    items = sorted((k, repr(v)) for k, v in conn_params.items() if k != "conv")
+    raw = repr((items, pool_setting)).encode()
+    return hashlib.blake2b(raw, digest_size=16).hexdigest()
+
+
+def public_params(conn_params: Mapping[str, Any]) -> Dict[str, Any]:
+    """Connection parameters safe to show: never the password."""
+    out = {k: conn_params[k] for k in _PUBLIC_PARAMS if k in conn_params}
+    if "db" in out and "database" not in out:
+        out["database"] = out.pop("db")
+    return out
+
+
+def get(alias: str, key: str) -> Optional[PoolEntry]:
+    return _pools.get((alias, key))
+
+
+def create(alias: str, key: str, pool_setting: Any, database_module: Any,
+           connect: Callable[[], Any], conn_params: Mapping[str, Any]) -> PoolEntry:
+    """Create (once) the pool for ``alias`` with these parameters."""
+    cfg = config_mod.parse(alias, pool_setting)
+    with _lock:
+        entry = _pools.get((alias, key))
+        if entry is not None:
+            return entry
+        stale = [k for k in _pools if k[0] == alias]
+        stale_entries = [_pools.pop(k) for k in stale]
+        driver = for_module(database_module)
+        pool = build_pool(cfg, driver, connect)
+        entry = PoolEntry(alias, key, cfg, pool, driver, public_params(conn_params))
+        pool.autopool_entry = entry
+        _pools[(alias, key)] = entry
+    for old in stale_entries:
+        logger.info("autopool: connection parameters of %r changed; closing its previous pool", alias)
+        _close_entry(old)
+    logger.info("autopool: created %s pool for %r (pool_size=%s, max_overflow=%s)",
+                type(pool).__name__, alias, cfg.pool_size, cfg.max_overflow)
+    from . import housekeeping
+
+    housekeeping.register(pool)
+    return entry
+
+
+def build_pool(cfg: "config_mod.PoolConfig", driver: Driver, connect: Callable[[], Any]) -> Any:
+    """Instantiate ``cfg.pool_class`` with the options it understands."""
+    from .pool import DjangoQueuePool
+
+    cls = cfg.pool_class
+    dialect = cfg.dialect
+    if dialect is None and (cfg.any_pre_ping or cfg.sa_reset_on_return):
+        dialect = driver.dialect()
+    kw: Dict[str, Any] = dict(
+        recycle=cfg.recycle, echo=cfg.echo or None, reset_on_return=cfg.sa_reset_on_return,
+        pre_ping=cfg.any_pre_ping, logging_name=cfg.alias,
+    )
+    if dialect is not None:
+        kw["dialect"] = dialect
+    if issubclass(cls, QueuePool):
+        kw.update(pool_size=cfg.pool_size, max_overflow=cfg.max_overflow, timeout=cfg.timeout,
+                  use_lifo=cfg.use_lifo, max_waiting=cfg.max_waiting,
+                  use_threadlocal=cfg.use_threadlocal, name=cfg.alias)
+        if issubclass(cls, DjangoQueuePool):
+            kw.update(core_pool_size=cfg.django_core_pool_size, unload_timeout=cfg.django_unload_timeout,
+                      retire_interval=cfg.django_retire_interval,
+                      retire_quantity=cfg.django_retire_quantity)
+    else:
+        import inspect
+
+        accepted = inspect.signature(cls.__init__).parameters
+        for name in ("pool_size", "max_overflow", "timeout", "use_lifo"):
+            if name in accepted:
+                kw[name] = getattr(cfg, name)
+    pool = cls(connect, **kw)
+    _count_events(pool)
+    return pool
+
+
+def _count_events(pool: Any) -> None:
+    counters = getattr(pool, "counters", None)
+    if counters is None:
+        return
+
+    def on_connect(dbapi_connection: Any, record: Any) -> None:
+        counters.connections_opened += 1
+
+    def on_close(dbapi_connection: Any, record: Any) -> None:
+        counters.connections_closed += 1
+
+    def on_invalidate(dbapi_connection: Any, record: Any, exception: Any) -> None:
+        counters.connections_invalidated += 1
+        logger.info("autopool: invalidated a connection of %r (%s)", pool.name,
+                       type(exception).__name__ if exception is not None else "closed by Django")
+
+    event.listen(pool, "connect", on_connect)
+    event.listen(pool, "close", on_close)
+    event.listen(pool, "invalidate", on_invalidate)
+
+
+def entries(alias: Optional[str] = None) -> Iterator[PoolEntry]:
+    for (a, _), entry in list(_pools.items()):
+        if alias is None or a == alias:
+            yield entry
+
+
+def _close_entry(entry: PoolEntry) -> None:
+    from . import housekeeping
+
+    housekeeping.unregister(entry.pool)
+    close = getattr(entry.pool, "close", None)
+    if close is not None and isinstance(entry.pool, QueuePool):
+        close()
+    else:
+        entry.pool.dispose()
+    logger.info("autopool: disposed pool of %r", entry.alias)
+
+
+def dispose(alias: Optional[str] = None) -> int:
+    """Close the pools of ``alias`` (all if None); return how many were closed.
+
+    Idle connections are closed now, checked-out ones when they are returned.
+    The next checkout creates a fresh pool.
+    """
+    with _lock:
+        keys = [k for k in _pools if alias is None or k[0] == alias]
+        victims = [_pools.pop(k) for k in keys]
+    for entry in victims:
+        _close_entry(entry)
+    return len(victims)
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()
+    for entry in _pools.values():
+        # Returned connections must not be rolled back or closed on the
+        # parent's sessions; see the module docstring.
+        entry.pool._reset_on_return = None
+        entry.inherited = True
+        _inherited.append(entry)
+    _pools.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

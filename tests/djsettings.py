@@ -1,0 +1,85 @@
+"""Django settings for the test suite, built from the test server.
+
+Aliases:
+  ``default``  pooled, database ``autopool_test``
+  ``other``    pooled, database ``autopool_other`` as a different user
+  ``stock``    same database as ``default``, no POOL: stock Django
+
+``AUTOPOOL_TEST_DRIVER=pymysql`` runs everything on PyMySQL.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict
+
+DRIVER = os.environ.get("AUTOPOOL_TEST_DRIVER", "mysqlclient")
+DB_NAME = "autopool_test"
+OTHER_NAME = "autopool_other"
+OTHER_USER = "autopool_other"
+OTHER_PASSWORD = "other-secret-pw-42"
+DEFAULT_POOL: Dict[str, Any] = {"pool_size": 5, "max_overflow": 5, "timeout": 10}
+
+
+def use_driver() -> None:
+    if DRIVER == "pymysql":
+        import pymysql
+
+        pymysql.install_as_MySQLdb()
+
+
+def database(server: Any, name: str, pool: Any = None, **extra: Any) -> Dict[str, Any]:
+    entry: Dict[str, Any] = {
+        "ENGINE": "django.db.backends.mysql",
+        "NAME": name,
+        "USER": server.user,
+        "PASSWORD": server.password,
+        "HOST": server.host,
+        "PORT": str(server.port),
+        "CONN_MAX_AGE": 0,
+        "OPTIONS": {"charset": "utf8mb4"},
+        "TEST": {"NAME": "test_" + name},
+    }
+    if pool is not None:
+        entry["POOL"] = pool
+    entry.update(extra)
+    return entry
+
+
+def configure(server: Any) -> None:
+    import django
+    from django.conf import settings
+
+    if settings.configured:
+        return
+    use_driver()
+    server.create_database(DB_NAME)
+    server.create_database(OTHER_NAME)
+    for host in ("127.0.0.1", "localhost", "%"):
+        server.execute(f"CREATE USER IF NOT EXISTS '{OTHER_USER}'@'{host}' IDENTIFIED BY '{OTHER_PASSWORD}'")
+        server.execute(f"GRANT ALL PRIVILEGES ON {OTHER_NAME}.* TO '{OTHER_USER}'@'{host}'")
+    settings.configure(
+        DEBUG=False,
+        USE_TZ=True,
+        SECRET_KEY="autopool-tests",
+        INSTALLED_APPS=["django.contrib.contenttypes", "autopool", "tests.testapp"],
+        DATABASES={
+            "default": database(server, DB_NAME, dict(DEFAULT_POOL)),
+            "other": database(server, OTHER_NAME, dict(DEFAULT_POOL), USER=OTHER_USER,
+                              PASSWORD=OTHER_PASSWORD),
+            "stock": database(server, DB_NAME),
+        },
+        DEFAULT_AUTO_FIELD="django.db.models.AutoField",
+        LOGGING_CONFIG=None,
+    )
+    import autopool
+
+    autopool.install()
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", run_syncdb=True, verbosity=0, database="default")
+    call_command("migrate", run_syncdb=True, verbosity=0, database="other")
+    from django.db import connections
+
+    for conn in connections.all():
+        conn.close()

@@ -1,0 +1,390 @@
+"""The core drop-in against the real MariaDB: checkout, return, reuse, safety."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from unittest import mock
+
+import pytest
+from django.db import connection, connections, transaction
+
+import autopool
+from autopool import registry
+from tests.conftest import connection_id
+from tests.testapp.models import Row
+
+
+def pool_of(alias="default"):
+    found = list(registry.entries(alias))
+    assert len(found) == 1, found
+    return found[0].pool
+
+
+def test_connection_is_reused_across_requests(server):
+    ids = set()
+    for _ in range(20):
+        ids.add(connection_id())
+        connection.close()
+    assert len(ids) == 1
+    pool = pool_of()
+    assert pool.checkedout() == 0
+    assert pool.checkedin() >= 1
+
+
+def test_reuse_across_threads_never_exceeds_the_pool(server):
+    barrier = threading.Barrier(8)
+    seen, errors, opened = [], [], []
+
+    def work():
+        try:
+            barrier.wait(timeout=10)
+            for _ in range(10):
+                seen.append(connection_id())
+                opened.append(pool_of().opened())
+                connection.close()
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors
+    assert len(seen) == 80
+    assert max(opened) <= 10  # pool_size 5 + max_overflow 5
+    assert pool_of().checkedout() == 0
+    assert pool_of().checkedin() <= 5  # overflow closed on return
+
+
+def test_alias_without_pool_is_stock(server):
+    first = connection_id("stock")
+    connections["stock"].close()
+    second = connection_id("stock")
+    connections["stock"].close()
+    assert first != second
+    assert list(registry.entries("stock")) == []
+
+
+def test_orm_work_through_the_pool(server):
+    Row.objects.all().delete()
+    Row.objects.create(value=1)
+    connection.close()
+    assert Row.objects.filter(value=1).count() == 1
+    connection.close()
+    Row.objects.all().delete()
+
+
+def test_uncommitted_writes_are_rolled_back_on_return(server):
+    Row.objects.all().delete()
+    connection.set_autocommit(False)
+    Row.objects.create(value=42)
+    connection.close()  # returned: must be rolled back, not committed
+    assert not Row.objects.filter(value=42).exists()
+    assert not Row.objects.using("stock").filter(value=42).exists()
+    assert pool_of().counters.rollbacks_on_return >= 1
+
+
+def test_raw_start_transaction_is_rolled_back_on_return(server):
+    Row.objects.all().delete()
+    connection.close()
+    with connection.cursor() as cur:
+        cur.execute("START TRANSACTION")
+        cur.execute("INSERT INTO testapp_row (value, note) VALUES (7, '')")
+    connection.close()
+    assert not Row.objects.filter(value=7).exists()
+    # and with the writes gone, the next user's commit cannot publish them
+    with transaction.atomic():
+        Row.objects.create(value=8)
+    assert list(Row.objects.values_list("value", flat=True)) == [8]
+    Row.objects.all().delete()
+
+
+def test_clean_connection_costs_no_rollback(server):
+    connection_id()
+    connection.close()
+    before = pool_of().counters.rollbacks_on_return
+    for _ in range(5):
+        connection_id()
+        connection.close()
+    assert pool_of().counters.rollbacks_on_return == before
+
+
+def test_close_inside_atomic_really_closes(server):
+    Row.objects.all().delete()
+    connection.close()
+    outer = None
+    with pytest.raises(Exception):
+        with transaction.atomic():
+            Row.objects.create(value=99)
+            outer = connection_id()
+            connection.close()
+            Row.objects.create(value=100)  # the connection is gone
+    connection.close()
+    assert connection_id() != outer
+    assert not Row.objects.filter(value__in=[99, 100]).exists()
+
+
+def test_private_close_really_closes(server):
+    connection_id()
+    connection._close()  # Django's tests emulate a server-side disconnect so
+    assert not connection.is_usable()
+    try:
+        connection.close()  # as stock, this may raise on a closed connection
+    except Exception:  # noqa: BLE001
+        pass
+    connection_id()  # a fresh connection works
+    assert pool_of().checkedout() == 1
+    connection.close()
+    assert pool_of().checkedout() == 0
+
+
+def test_failed_health_check_gets_a_different_connection(server):
+    settings = connections["default"].settings_dict
+    with mock.patch.dict(settings, {"CONN_MAX_AGE": None, "CONN_HEALTH_CHECKS": True}):
+        connection_id()
+        old = connection.connection
+        connection.close_if_unusable_or_obsolete()
+        assert connection.connection is old
+        with mock.patch.object(connection, "is_usable", return_value=False):
+            connection_id()
+            assert connection.connection is not old
+        connection.close()
+
+
+def test_errors_then_unusable_connection_is_invalidated(server):
+    cid = connection_id()
+    server.execute(f"KILL {cid}")
+    with pytest.raises(Exception):
+        connection_id()
+    assert connection.errors_occurred
+    connection.close_if_unusable_or_obsolete()
+    assert connection.connection is None
+    assert connection_id() != cid
+    connection.close()
+    assert pool_of().counters.connections_invalidated >= 1
+
+
+def test_changed_parameters_get_their_own_pool(server):
+    server.create_database("autopool_test_b")
+    try:
+        first = pool_of()
+        with mock.patch.dict(connections["default"].settings_dict, {"NAME": "autopool_test_b"}):
+            connection.close()
+            with connection.cursor() as cur:
+                cur.execute("SELECT DATABASE()")
+                assert cur.fetchone()[0] == "autopool_test_b"
+            connection.close()
+            second = pool_of()
+            assert second is not first
+            assert first.closed  # the stale pool is closed
+        with connection.cursor() as cur:
+            cur.execute("SELECT DATABASE()")
+            assert cur.fetchone()[0] == "autopool_test"
+        connection.close()
+    finally:
+        server.execute("DROP DATABASE IF EXISTS autopool_test_b")
+
+
+def test_two_aliases_never_share_connections(server):
+    with connections["default"].cursor() as cur:
+        cur.execute("SELECT CONNECTION_ID(), CURRENT_USER(), DATABASE()")
+        a = cur.fetchone()
+    with connections["other"].cursor() as cur:
+        cur.execute("SELECT CONNECTION_ID(), CURRENT_USER(), DATABASE()")
+        b = cur.fetchone()
+    assert a[0] != b[0]
+    assert a[1].startswith("autopool@") and b[1].startswith("autopool_other@")
+    assert (a[2], b[2]) == ("autopool_test", "autopool_other")
+
+
+def test_session_setup_runs_once_per_physical_connection(server):
+    connection_id()
+    connection.close()
+    with mock.patch("django.db.backends.mysql.base.DatabaseWrapper.init_connection_state",
+                    autospec=True) as init:
+        pass  # patching the class would bypass autopool: count queries instead
+    del init
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as ctx:
+        connection.ensure_connection()
+        connection.close()
+        connection_id()
+    sql = " ".join(q["sql"] for q in ctx.captured_queries)
+    assert "ISOLATION LEVEL" not in sql
+    assert "SET autocommit" not in sql.lower().replace("`", "")
+
+
+def test_fork_child_never_reuses_parent_sockets(server):
+    parent_id = connection_id()
+    connection.close()
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 1
+        try:
+            os.close(rfd)
+            child_id = connection_id()
+            connection.close()
+            connections.close_all()
+            os.write(wfd, str(child_id).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(wfd)
+    data = b""
+    while True:
+        chunk = os.read(rfd, 64)
+        if not chunk:
+            break
+        data += chunk
+    os.close(rfd)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert int(data) != parent_id
+    # the parent's pooled session survived the child
+    assert connection_id() == parent_id
+
+
+def test_install_is_idempotent_and_uninstall_restores_stock(server):
+    from django.db.backends.mysql import base
+
+    from autopool import patch
+
+    assert autopool.is_installed()
+    wrapped = base.DatabaseWrapper.__dict__["get_new_connection"]
+    autopool.install()
+    assert base.DatabaseWrapper.__dict__["get_new_connection"] is wrapped
+    original = wrapped.__wrapped__
+    connection_id()
+    connection.close()
+    autopool.uninstall()
+    try:
+        assert not autopool.is_installed()
+        assert base.DatabaseWrapper.__dict__["get_new_connection"] is original
+        assert "close" not in base.DatabaseWrapper.__dict__  # inherited again
+        assert list(registry.entries()) == []
+        first = connection_id()
+        connection.close()
+        assert connection_id() != first  # stock: a new connection per close
+        connection.close()
+        autopool.uninstall()  # idempotent
+    finally:
+        autopool.install()
+    assert patch.is_applied()
+    first = connection_id()
+    connection.close()
+    assert connection_id() == first
+
+
+def test_install_before_or_after_backend_import(tmp_path, server):
+    script = """
+import sys, autopool
+import django
+from django.conf import settings
+first = sys.argv[1] == "before"
+if first:
+    autopool.install()
+settings.configure(DATABASES={"default": {"ENGINE": "django.db.backends.mysql", "NAME": "autopool_test",
+    "USER": %(user)r, "PASSWORD": %(password)r, "HOST": %(host)r, "PORT": %(port)r, "POOL": {"pool_size": 1}}})
+django.setup()
+from django.db import connection
+connection.ensure_connection()
+if not first:
+    autopool.install()
+    connection.close()
+ids = set()
+for _ in range(3):
+    with connection.cursor() as c:
+        c.execute("SELECT CONNECTION_ID()")
+        ids.add(c.fetchone()[0])
+    connection.close()
+print(len(ids))
+""" % dict(user=server.user, password=server.password, host=server.host, port=str(server.port))
+    path = tmp_path / "probe.py"
+    path.write_text(script)
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    for when in ("before", "after"):
+        out = subprocess.run([sys.executable, str(path), when], capture_output=True, text=True, env=env,
+                             timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "1", (when, out.stdout, out.stderr)
+
+
+def test_switch_off_by_setting_and_environment(server, monkeypatch):
+    from django.test import override_settings
+
+    autopool.dispose()
+    with override_settings(AUTOPOOL_ENABLED=False):
+        a = connection_id()
+        connection.close()
+        b = connection_id()
+        connection.close()
+        assert a != b
+        assert list(registry.entries()) == []
+    monkeypatch.setenv("AUTOPOOL_ENABLED", "0")
+    from autopool import hooks
+
+    hooks.reset_enabled_cache()
+    with override_settings(AUTOPOOL_ENABLED=True):  # the environment wins
+        a = connection_id()
+        connection.close()
+        assert connection_id() != a
+        connection.close()
+        assert list(registry.entries()) == []
+    monkeypatch.delenv("AUTOPOOL_ENABLED")
+    hooks.reset_enabled_cache()
+    a = connection_id()
+    connection.close()
+    assert connection_id() == a
+
+
+def test_pre_ping_without_a_dialect_replaces_killed_connections(server):
+    settings = connections["default"].settings_dict
+    for key in ("pre_ping", "django_pre_ping"):
+        with mock.patch.dict(settings, {"POOL": {"pool_size": 2, key: True}}):
+            connection.close()
+            cid = connection_id()
+            connection.close()
+            server.execute(f"KILL {cid}")
+            assert connection_id() != cid  # transparently replaced
+            connection.close()
+    connection.close()
+
+
+def test_use_threadlocal_gives_a_thread_its_own_connection_back(server):
+    settings = connections["default"].settings_dict
+    with mock.patch.dict(settings, {"POOL": {"pool_size": 4, "use_threadlocal": True, "use_lifo": False}}):
+        connection.close()
+        got = {}
+        ready = threading.Barrier(3)
+
+        def work(name):
+            try:
+                ids = []
+                ready.wait(10)  # all three connections exist at once
+                ids.append(connection_id())
+                ready.wait(10)
+                connection.close()
+                ready.wait(10)
+                for _ in range(5):
+                    ids.append(connection_id())
+                    connection.close()
+                got[name] = ids
+            finally:
+                connections.close_all()
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert len(got) == 3
+        for ids in got.values():
+            assert len(set(ids)) == 1, ids
+    connection.close()
