@@ -22,6 +22,7 @@ from typing import Any, Optional
 from . import config as config_mod
 from . import registry
 from .pool import LEASED_ATTR as LEASED
+from .pool import current_owner
 
 logger = logging.getLogger("autopool")
 
@@ -69,7 +70,7 @@ def get_new_connection(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -
     fairy = entry.pool.connect()
     conn = fairy.dbapi_connection
     rec = fairy._connection_record
-    rec.__dict__[LEASED] = True
+    rec.__dict__[LEASED] = current_owner()
     d[LEASE] = fairy
     d[REUSED] = rec.info.get(INIT) is conn
     if entry.server_data is not None and "mysql_server_data" not in d:

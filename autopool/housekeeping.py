@@ -1,9 +1,11 @@
-"""One housekeeping task per process for every elastic pool.
+"""One housekeeping task per process for every pool.
 
 A daemon thread; under gevent monkey patching ``threading.Thread`` is a
 greenlet, so the task never needs its own OS thread there. It only retires
 idle connections (outside the pool lock's critical section for the close
-itself), so it never blocks a request. Stopped by ``uninstall()``; after
+itself), so it never blocks a request. Each round reclaims connections
+abandoned by greenlets or threads that ended without closing them, and lets
+elastic pools retire idle connections. Stopped by ``uninstall()``; after
 ``fork()`` the child starts a fresh one on demand.
 """
 from __future__ import annotations
@@ -25,7 +27,7 @@ MAX_SLEEP = 1.0
 
 
 def register(pool: Any) -> None:
-    if not hasattr(pool, "retire"):
+    if not hasattr(pool, "housekeep"):
         return
     _pools.add(pool)
     _ensure_started()
@@ -40,12 +42,11 @@ def run_once() -> float:
     wait = MAX_SLEEP
     for pool in list(_pools):
         try:
-            pool.retire()
+            due = pool.housekeep()
         except Exception:  # noqa: BLE001 - a broken pool must not stop the others
             logger.exception("autopool: housekeeping failed for %r", getattr(pool, "name", pool))
-        due = pool.next_due()
-        if due is not None:
-            wait = min(wait, max(due - pool._clock(), 0.0))
+            continue
+        wait = min(wait, max(due - pool._clock(), 0.0))
     return wait
 
 

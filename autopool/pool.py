@@ -15,8 +15,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections import deque
-from typing import Any, Callable, Deque, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Optional, Tuple
+
+try:
+    from greenlet import getcurrent as _getcurrent
+except ImportError:  # pragma: no cover - greenlet ships with SQLAlchemy on most platforms
+    _getcurrent = None
 
 from sqlalchemy.pool import Pool
 from sqlalchemy.pool.base import _ConnectionRecord
@@ -25,11 +31,33 @@ from .config import Dynamic, evaluate
 from .errors import PoolClosed, PoolTimeout, TooManyWaiters
 from .stats import Counters
 
+def current_owner() -> Any:
+    """A weak reference to the running greenlet (under gevent) or thread."""
+    if _getcurrent is not None:
+        current = _getcurrent()
+        if current.parent is not None:  # a spawned greenlet, not a thread's main one
+            return weakref.ref(current)
+    return weakref.ref(threading.current_thread())
+
+
+def owner_dead(ref: Any) -> bool:
+    owner = ref()
+    if owner is None:
+        return True
+    dead = getattr(owner, "dead", None)
+    if dead is not None:
+        return bool(dead)
+    return not owner.is_alive()
+
+
 class _WaitExpired(Exception):
     """A preliminary wait (the elastic pool's unload timeout) ran out."""
 
 
 logger = logging.getLogger("autopool")
+
+# Seconds between two scans for connections abandoned by ended greenlets.
+HOUSEKEEPING_INTERVAL = 1.0
 
 # Record attribute set while Django holds the connection (see hooks.py).
 LEASED_ATTR = "_autopool_leased"
@@ -101,6 +129,9 @@ class QueuePool(Pool):
         self._opened = 0  # records that exist: idle, checked out, or connecting
         self._closed = False
         self._local = threading.local() if use_threadlocal else None
+        # Checked-out records (an ordered set), scanned for abandoned ones
+        # only when the pool is exhausted.
+        self._out: Dict[_ConnectionRecord, None] = {}
 
     # -- options SQLAlchemy's recreate() must carry --------------------------
     def _recreate_kwargs(self) -> dict:
@@ -139,6 +170,7 @@ class QueuePool(Pool):
         rec = self._get(self._timeout)
         if self._local is not None:
             self._local.record = rec
+        self._out[rec] = None
         counters = self.counters
         counters.checkouts += 1
         if self._recycle > -1 and rec.dbapi_connection is not None and \
@@ -167,6 +199,9 @@ class QueuePool(Pool):
                 self._waiters.append(waiter)
         if waiter is None:
             return self._open()
+        # Exhausted: connections held by greenlets or threads that ended
+        # without closing come back now, not whenever the cyclic GC runs.
+        self.reclaim_abandoned()
         return self._wait(waiter, timeout, final)
 
     def _wait(self, waiter: _Waiter, timeout: float, final: bool = True) -> _ConnectionRecord:
@@ -213,9 +248,45 @@ class QueuePool(Pool):
             else:
                 self._opened -= 1
 
+    def reclaim_abandoned(self) -> int:
+        """Close connections whose owner (greenlet or thread) has ended; return
+        how many slots were freed. Their state is unknown: never reused."""
+        freed = 0
+        for rec in list(self._out):
+            owner = rec.__dict__.get(LEASED_ATTR)
+            if owner is None or not owner_dead(owner):
+                continue
+            fairy = rec.fairy_ref() if rec.fairy_ref is not None else None
+            # Detach the fairy first: its finalizer must never check this
+            # record in a second time once the garbage collector reaches it.
+            if fairy is None or fairy._finalizer.detach() is None:
+                continue
+            fairy._connection_record = None
+            rec.fairy_ref = None
+            rec.__dict__.pop(LEASED_ATTR, None)
+            if self._out.pop(rec, False) is not None:
+                continue
+            self.counters.leaks += 1
+            logger.warning("autopool: reclaimed a connection of %r from a greenlet or thread that ended "
+                           "without closing it (call connection.close() / close_old_connections() when "
+                           "work outside a request ends)", self.name)
+            try:
+                rec.invalidate()
+            finally:
+                self._release_slot()
+            freed += 1
+        return freed
+
+    def housekeep(self) -> float:
+        """Periodic maintenance (run by the housekeeping task); returns the
+        clock time of the next round it needs."""
+        self.reclaim_abandoned()
+        return self._clock() + HOUSEKEEPING_INTERVAL
+
     # -- return ---------------------------------------------------------------
     def _do_return_conn(self, record: _ConnectionRecord) -> None:
-        if record.__dict__.pop(LEASED_ATTR, False) and record.dbapi_connection is not None:
+        self._out.pop(record, None)
+        if record.__dict__.pop(LEASED_ATTR, None) is not None and record.dbapi_connection is not None:
             # Checked out through Django and never released: its wrapper was
             # garbage collected (a greenlet or thread that ended without
             # closing). Its state is unknown, so close it; the server rolls
@@ -383,5 +454,7 @@ class DjangoQueuePool(QueuePool):
             self.logger.info("Retired %d idle connection(s); %s", n, self.status())
         return n
 
-    def next_due(self) -> Optional[float]:
-        return self._next_retire
+    def housekeep(self) -> float:
+        due = super().housekeep()
+        self.retire()
+        return min(due, self._next_retire) if self._next_retire is not None else due

@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 from sqlalchemy import event
 
 from . import config as config_mod
+from . import gevent as gevent_support
 from .drivers import Driver, for_module
 from .pool import QueuePool
 
@@ -87,6 +88,8 @@ def create(alias: str, key: str, pool_setting: Any, database_module: Any,
         stale = [k for k in _pools if k[0] == alias]
         stale_entries = [_pools.pop(k) for k in stale]
         driver = for_module(database_module)
+        if gevent_support.wants_cooperative(cfg.cooperative, driver.name):
+            connect = gevent_support.wrap_creator(connect, conn_params)
         pool = build_pool(cfg, driver, connect)
         entry = PoolEntry(alias, key, cfg, pool, driver, public_params(conn_params))
         pool.autopool_entry = entry

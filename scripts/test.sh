@@ -1,13 +1,36 @@
 #!/usr/bin/env bash
-# Set up (scripts/bootstrap.sh) and run the test suite; extra arguments go to pytest.
+# Set up (scripts/bootstrap.sh), start one throw-away MariaDB, and run the test suite on both
+# drivers, with and without gevent monkey patching. Extra arguments go to every pytest run.
+# Pytest's exit code 5 (no tests collected) counts as a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/bootstrap.sh
-rc=0
-.venv/bin/python -m pytest tests -q -p no:cacheprovider "$@" || rc=$?
-if [ "$rc" = 5 ]; then
-    echo "test.sh: pytest collected no tests" >&2
+PY=.venv/bin/python
+
+if [ -z "${AUTOPOOL_TEST_MYSQL_HOST:-}" ]; then
+    eval "$($PY -m tests.mariadb start --load-tz)"
+    trap '$PY -m tests.mariadb stop >/dev/null 2>&1 || true' EXIT
+fi
+
+failed=()
+run() {
+    local name=$1; shift
+    echo "== tests: $name"
+    local rc=0
+    "$@" || rc=$?
+    if [ "$rc" = 5 ]; then echo "test.sh: pytest collected no tests ($name)" >&2; rc=1; fi
+    [ "$rc" = 0 ] || failed+=("$name")
+}
+
+PYTEST=(-m pytest tests -q -p no:cacheprovider "$@")
+run "mysqlclient" env AUTOPOOL_TEST_DRIVER=mysqlclient "$PY" "${PYTEST[@]}"
+run "pymysql" env AUTOPOOL_TEST_DRIVER=pymysql "$PY" "${PYTEST[@]}"
+run "mysqlclient+gevent" env AUTOPOOL_TEST_DRIVER=mysqlclient "$PY" -m gevent.monkey --module "${PYTEST[@]:1}"
+run "pymysql+gevent" env AUTOPOOL_TEST_DRIVER=pymysql "$PY" -m gevent.monkey --module "${PYTEST[@]:1}"
+
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "test.sh: FAILED: ${failed[*]}" >&2
     exit 1
 fi
-exit "$rc"
+echo "test.sh: all test runs passed"

@@ -26,6 +26,7 @@ def get_server() -> Server:
 def pytest_configure(config: pytest.Config) -> None:
     from tests import djsettings
 
+    djsettings.use_driver()  # before anything imports MySQLdb
     djsettings.configure(get_server())
 
 

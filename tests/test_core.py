@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from unittest import mock
 
 import pytest
@@ -220,33 +221,33 @@ def test_session_setup_runs_once_per_physical_connection(server):
     assert "SET autocommit" not in sql.lower().replace("`", "")
 
 
-def test_fork_child_never_reuses_parent_sockets(server):
+def test_fork_child_never_reuses_parent_sockets(server, tmp_path):
     parent_id = connection_id()
     connection.close()
-    rfd, wfd = os.pipe()
+    out = tmp_path / "child_id"
     pid = os.fork()
-    if pid == 0:  # child
+    if pid == 0:  # child: report its connection id, then exit without cleanup
         code = 1
         try:
-            os.close(rfd)
             child_id = connection_id()
             connection.close()
             connections.close_all()
-            os.write(wfd, str(child_id).encode())
+            out.write_text(str(child_id))
             code = 0
         finally:
             os._exit(code)
-    os.close(wfd)
-    data = b""
+    deadline = time.monotonic() + 30
     while True:
-        chunk = os.read(rfd, 64)
-        if not chunk:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
             break
-        data += chunk
-    os.close(rfd)
-    _, status = os.waitpid(pid, 0)
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("forked child did not finish")
+        time.sleep(0.01)
     assert os.WEXITSTATUS(status) == 0
-    assert int(data) != parent_id
+    assert int(out.read_text()) != parent_id
     # the parent's pooled session survived the child
     assert connection_id() == parent_id
 

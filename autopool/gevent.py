@@ -1,0 +1,87 @@
+"""Cooperative mysqlclient under gevent.
+
+mysqlclient is C: while the server works on a query, ``mysql_real_query()``
+blocks the whole gevent hub, so 50 greenlets running ``SELECT SLEEP(0.2)``
+take 10 s. Its low-level connection can split a query into ``send_query()``
+and ``read_query_result()``; waiting for the socket in between with gevent's
+``wait_read`` lets the hub run other greenlets meanwhile. Results, errors and
+multi-statement handling stay mysqlclient's own: only the wait changes.
+
+Still blocking (and why pooling makes it rare): connecting and the TLS
+handshake (once per physical connection), ``ping``/``commit``/``rollback``
+(short server work), and ``next_result()`` of multi-statement queries (the
+next result may already sit in the client library's buffer, where a socket
+wait would never wake).
+"""
+from __future__ import annotations
+
+import socket
+from typing import Any, Callable, Mapping, Optional
+
+LOST_CONNECTION = 2013
+
+
+def socket_patched() -> bool:
+    """True when gevent has monkey patched ``socket`` in this process."""
+    try:
+        from gevent import monkey
+    except ImportError:
+        return False
+    return bool(monkey.is_module_patched("socket"))
+
+
+def wants_cooperative(setting: Any, driver_name: str) -> bool:
+    if driver_name != "mysqlclient" or setting is False:
+        return False
+    if setting is True:
+        return True
+    return socket_patched()
+
+
+_classes: dict = {}
+
+
+def _cooperative_class(base: type) -> type:
+    """A subclass of the driver's Connection whose ``query()`` waits cooperatively."""
+    cls = _classes.get(base)
+    if cls is not None:
+        return cls
+    from gevent.socket import wait_read
+    from MySQLdb import _mysql
+
+    send_query = _mysql.connection.send_query
+    read_query_result = _mysql.connection.read_query_result
+
+    def query(self: Any, sql: Any) -> None:
+        if isinstance(sql, bytearray):
+            sql = bytes(sql)
+        send_query(self, sql)
+        try:
+            wait_read(self.fileno(), timeout=self._autopool_read_timeout)
+        except socket.timeout:
+            # The reply was never read: the protocol state is unknown, so the
+            # connection is unusable, exactly as after a driver read timeout.
+            self.close()
+            raise self.OperationalError(LOST_CONNECTION, "Lost connection to server during query "
+                                        "(read_timeout expired)") from None
+        read_query_result(self)
+
+    cls = type(f"Cooperative{base.__name__}", (base,), {"query": query, "__module__": __name__})
+    _classes[base] = cls
+    return cls
+
+
+def make_cooperative(conn: Any, read_timeout: Optional[float] = None) -> Any:
+    """Switch one mysqlclient connection to cooperative waits (in place)."""
+    conn.__class__ = _cooperative_class(type(conn))
+    conn._autopool_read_timeout = read_timeout
+    return conn
+
+
+def wrap_creator(connect: Callable[[], Any], conn_params: Mapping[str, Any]) -> Callable[[], Any]:
+    read_timeout = conn_params.get("read_timeout")
+
+    def cooperative_connect() -> Any:
+        return make_cooperative(connect(), read_timeout)
+
+    return cooperative_connect

@@ -1,0 +1,100 @@
+"""gevent behaviour, each scenario in a freshly monkey-patched process."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests import djsettings
+
+pytest.importorskip("gevent")
+
+
+@pytest.fixture(scope="module")
+def scenario(mariadb):
+    mariadb.create_database("autopool_gevent")
+
+    def run(name, timeout=120, **params):
+        env = dict(os.environ, **mariadb.env())
+        proc = subprocess.run([sys.executable, "-m", "tests.gevent_scenarios", name, json.dumps(params)],
+                              capture_output=True, text=True, env=env, timeout=timeout)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    yield run
+    mariadb.execute("DROP DATABASE IF EXISTS autopool_gevent")
+
+
+def test_hard_cap_under_a_thousand_greenlets(scenario):
+    r = scenario("cap", greenlets=1000)
+    assert r["errors"] == []
+    assert r["done"] == 1000
+    assert r["samples"] > 5
+    assert r["max_db_conns"] <= 10  # pool_size 5 + max_overflow 5
+    assert r["max_threads_connected"] - r["baseline_threads"] <= 10 + 1  # + the sampler
+    assert r["waiting_seen"] > 100  # hundreds waited ...
+    assert r["ticks_while_waiting"] >= 2  # ... while the hub kept running other greenlets
+    assert r["checked_out_after"] == 0
+
+
+@pytest.mark.skipif(djsettings.DRIVER != "mysqlclient", reason="mysqlclient's cooperative wait")
+def test_cooperative_mysqlclient_runs_queries_concurrently(scenario):
+    fast = scenario("sleep", greenlets=50, seconds=0.2)
+    assert fast["class"] == ["CooperativeConnection"]
+    assert fast["results"] == [0]
+    assert fast["elapsed"] < 1.0
+    # Without the cooperative wait the hub blocks: 10 x 0.2 s run one by one.
+    slow = scenario("sleep", greenlets=10, seconds=0.2, cooperative=False)
+    assert slow["class"] == ["Connection"]
+    assert slow["elapsed"] >= 1.9
+
+
+@pytest.mark.skipif(djsettings.DRIVER != "pymysql", reason="PyMySQL is cooperative by itself")
+def test_pymysql_runs_queries_concurrently(scenario):
+    r = scenario("sleep", greenlets=50, seconds=0.2)
+    assert r["elapsed"] < 1.0
+
+
+def test_results_and_errors_are_unchanged_by_the_cooperative_wait(scenario):
+    coop = scenario("semantics", cooperative=True if djsettings.DRIVER == "mysqlclient" else "auto")
+    stock = scenario("semantics", cooperative=False)
+    assert coop == stock
+    assert coop["select"] == ["ok", [["1", "a", "None", "2.5"]]]
+    assert coop["multi"] == ["ok", [[["1"]], [["2", "3"]], [["x"]]]]
+    assert coop["syntax"][0] == "error" and coop["syntax"][1] == "ProgrammingError"
+    assert coop["kill_query"] in (["ok", [["1"]]], ["error", "OperationalError", [1317]])
+    assert coop["kill_connection"][0] == "error" and coop["kill_connection"][1] == "OperationalError"
+    assert coop["after_kill"] == coop["select"]
+
+
+def test_exhausted_pool_times_out_with_a_useful_error(scenario):
+    r = scenario("timeout", waiters=4)
+    assert r["is_operational_error"]
+    kinds = [x[0] for x in r["results"]]
+    assert kinds == ["PoolTimeout"] * 4
+    for _, waited, message in r["results"]:
+        assert 0.25 <= waited < 2.0
+        for part in ("'default'", "pool_size=2", "max_overflow=1", "checked out=3", "timeout=0.3", "waiting="):
+            assert part in message
+    assert r["checked_out_after"] == 0 and r["waiting_after"] == 0
+
+
+def test_max_waiting_fails_fast(scenario):
+    r = scenario("timeout", waiters=4, max_waiting=2)
+    kinds = sorted(x[0] for x in r["results"])
+    assert kinds == ["PoolTimeout", "PoolTimeout", "TooManyWaiters", "TooManyWaiters"]
+    fast = [x[1] for x in r["results"] if x[0] == "TooManyWaiters"]
+    assert max(fast) < 0.1
+    assert "max_waiting=2" in [x[2] for x in r["results"] if x[0] == "TooManyWaiters"][0]
+
+
+def test_greenlets_that_forget_to_close_do_not_shrink_the_pool(scenario):
+    r = scenario("leak")
+    assert r["visible_leaked_rows"] == 0  # nothing uncommitted survived
+    assert r["checked_out_after"] == 0
+    assert r["reclaimed_in"] < 3
+    assert r["leaks"] == 4
+    assert r["leak_logs"] and "'default'" in r["leak_logs"][0]
