@@ -30,6 +30,7 @@ LEASE = "_autopool_lease"      # the SQLAlchemy fairy checked out by this wrappe
 REUSED = "_autopool_reused"    # set by checkout: skip the next init_connection_state
 CLOSING = "_autopool_closing"  # inside close(): _close() may return to the pool
 DISTRUST = "_autopool_distrust"  # inside a failed health check: never return
+OWNER = "_autopool_owner"      # id() of the wrapper that checked LEASE out
 INIT = "autopool_initialized"  # record.info key: this dbapi connection is set up
 
 NO_DB_ALIAS = "__no_db__"
@@ -57,9 +58,10 @@ def get_new_connection(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -
         return wrapped(*args, **kwargs)
     d = instance.__dict__
     stale = d.pop(LEASE, None)
-    if stale is not None:
+    if stale is not None and d.get(OWNER) == id(instance):
         # The previous connection was dropped without close() (e.g.
-        # ``connection.connection = None``): its state is unknown.
+        # ``connection.connection = None``): its state is unknown. (A shallow
+        # copy's inherited lease is the original's business: left alone.)
         discard(stale)
     conn_params = args[0] if args else kwargs["conn_params"]
     key = registry.params_key(conn_params, pool_setting)
@@ -72,6 +74,7 @@ def get_new_connection(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -
     rec = fairy._connection_record
     rec.__dict__[LEASED] = current_owner()
     d[LEASE] = fairy
+    d[OWNER] = id(instance)
     d[REUSED] = rec.info.get(INIT) is conn
     if entry.server_data is not None and "mysql_server_data" not in d:
         d["mysql_server_data"] = entry.server_data
@@ -145,6 +148,16 @@ def _close(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
     if fairy is None:
         return wrapped(*args, **kwargs)
     d.pop(REUSED, None)
+    if d.pop(OWNER, None) != id(instance):
+        # A shallow copy (``copy.copy(connection)``, as Django's own tests
+        # make) shares the original wrapper's lease and DB-API connection.
+        # Pooling it would hand a connection the original still uses to the
+        # next checkout. Do what stock Django does: close the copy's
+        # connection, which, if still the shared one, ends the lease.
+        if instance.connection is fairy.dbapi_connection:
+            discard(fairy)
+            return None
+        return wrapped(*args, **kwargs)
     if instance.connection is not fairy.dbapi_connection:
         # Code replaced the connection object: close that one as stock does.
         discard(fairy)
@@ -182,11 +195,11 @@ def release(instance: Any, fairy: Any) -> None:
                 discard(fairy)
                 return
             conn.rollback()
-            fairy._pool.counters.rollbacks_on_return += 1
+            entry.counters.rollbacks_on_return += 1
         if cfg.reset_session:
             driver.reset_session(conn)
             rec.info.pop(INIT, None)
-            fairy._pool.counters.session_resets += 1
+            entry.counters.session_resets += 1
     except Exception as exc:  # noqa: BLE001 - a failed reset means a broken connection
         logger.info("autopool: reset on return failed for %r (%s); closing the connection",
                     entry.alias, type(exc).__name__)

@@ -21,6 +21,7 @@ from . import config as config_mod
 from . import gevent as gevent_support
 from .drivers import Driver, for_module
 from .pool import QueuePool
+from .stats import Counters
 
 logger = logging.getLogger("autopool")
 
@@ -36,7 +37,7 @@ _PUBLIC_PARAMS = ("host", "port", "database", "db", "user", "unix_socket")
 class PoolEntry:
     """One pool and what autopool keeps beside it."""
 
-    __slots__ = ("alias", "key", "config", "pool", "driver", "params", "server_data", "inherited", "__weakref__")
+    __slots__ = ("alias", "key", "config", "pool", "driver", "params", "server_data", "inherited", "counters", "__weakref__")
 
     def __init__(self, alias: str, key: str, cfg: "config_mod.PoolConfig", pool: Any, driver: Driver,
                  params: Dict[str, Any]) -> None:
@@ -51,6 +52,7 @@ class PoolEntry:
         self.server_data: Optional[dict] = None
         # Set in a forked child: the pool and its sockets belong to the parent.
         self.inherited = False
+        self.counters = pool.counters
 
     def __repr__(self) -> str:
         p = self.params
@@ -142,7 +144,8 @@ def build_pool(cfg: "config_mod.PoolConfig", driver: Driver, connect: Callable[[
 def _count_events(pool: Any) -> None:
     counters = getattr(pool, "counters", None)
     if counters is None:
-        return
+        # Pools from elsewhere (e.g. NullPool) get autopool's counters too.
+        counters = pool.counters = Counters()
 
     def on_connect(dbapi_connection: Any, record: Any) -> None:
         counters.connections_opened += 1
