@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import traceback
 import weakref
 from collections import deque
 from typing import Any, Callable, Deque, Dict, Optional, Tuple
@@ -25,6 +26,7 @@ except ImportError:  # pragma: no cover - greenlet ships with SQLAlchemy on most
     _getcurrent = None
 
 from sqlalchemy.pool import Pool
+from sqlalchemy.pool import base as _sa_pool_base
 from sqlalchemy.pool.base import _ConnectionRecord
 
 from .config import Dynamic, evaluate
@@ -50,11 +52,34 @@ def owner_dead(ref: Any) -> bool:
     return not owner.is_alive()
 
 
+def _detach_fairy(rec: _ConnectionRecord) -> bool:
+    """Cut the link between a checked-out record and its (unreachable)
+    fairy so that the fairy's garbage collection does nothing; False when
+    the fairy is already gone (its finalizer then checks the record in)."""
+    ref = rec.fairy_ref
+    fairy = ref() if ref is not None else None
+    if fairy is None:
+        return False
+    finalizer = getattr(fairy, "_finalizer", None)
+    if finalizer is not None:  # SQLAlchemy 2.1: a weakref.finalize
+        if finalizer.detach() is None:
+            return False
+    else:  # SQLAlchemy 2.0: the weakref callback acts only while rec.fairy_ref is that weakref
+        _strong_refs = getattr(_sa_pool_base, "_strong_ref_connection_records", {})
+        _strong_refs.pop(ref, None)
+    fairy._connection_record = None
+    rec.fairy_ref = None
+    return True
+
+
 class _WaitExpired(Exception):
     """A preliminary wait (the elastic pool's unload timeout) ran out."""
 
 
 logger = logging.getLogger("autopool")
+
+# Record attribute with [checkout time, stack, reported] (leak detection).
+_CHECKOUT_INFO = "_autopool_checkout_info"
 
 # Seconds between two scans for connections abandoned by ended greenlets.
 HOUSEKEEPING_INTERVAL = 1.0
@@ -107,6 +132,7 @@ class QueuePool(Pool):
         *,
         max_waiting: Optional[int] = None,
         use_threadlocal: bool = False,
+        leak_detection_threshold: Optional[float] = None,
         name: Optional[str] = None,
         counters: Optional[Counters] = None,
         clock: Callable[[], float] = time.monotonic,
@@ -119,6 +145,7 @@ class QueuePool(Pool):
         self._use_lifo = use_lifo
         self._max_waiting = max_waiting
         self._use_threadlocal = use_threadlocal
+        self._leak_threshold = leak_detection_threshold
         self.name = name or "pool"
         self.counters = counters if counters is not None else Counters()
         self._clock = clock
@@ -138,7 +165,8 @@ class QueuePool(Pool):
         return dict(
             pool_size=self._pool_size, max_overflow=self._max_overflow, timeout=self._timeout,
             use_lifo=self._use_lifo, max_waiting=self._max_waiting,
-            use_threadlocal=self._use_threadlocal, name=self.name, counters=self.counters,
+            use_threadlocal=self._use_threadlocal, leak_detection_threshold=self._leak_threshold,
+            name=self.name, counters=self.counters,
             clock=self._clock, recycle=self._recycle, echo=self.echo,
             logging_name=self._orig_logging_name, reset_on_return=self._reset_on_return,
             pre_ping=self._pre_ping, _dispatch=self.dispatch, dialect=self._dialect,
@@ -171,6 +199,9 @@ class QueuePool(Pool):
         if self._local is not None:
             self._local.record = rec
         self._out[rec] = None
+        if self._leak_threshold is not None:
+            # Only with leak detection on: a stack costs tens of microseconds.
+            rec.__dict__[_CHECKOUT_INFO] = [self._clock(), traceback.format_stack(limit=30)[:-3], False]
         counters = self.counters
         counters.checkouts += 1
         if self._recycle > -1 and rec.dbapi_connection is not None and \
@@ -256,13 +287,10 @@ class QueuePool(Pool):
             owner = rec.__dict__.get(LEASED_ATTR)
             if owner is None or not owner_dead(owner):
                 continue
-            fairy = rec.fairy_ref() if rec.fairy_ref is not None else None
             # Detach the fairy first: its finalizer must never check this
             # record in a second time once the garbage collector reaches it.
-            if fairy is None or fairy._finalizer.detach() is None:
+            if not _detach_fairy(rec):
                 continue
-            fairy._connection_record = None
-            rec.fairy_ref = None
             rec.__dict__.pop(LEASED_ATTR, None)
             if self._out.pop(rec, False) is not None:
                 continue
@@ -281,11 +309,30 @@ class QueuePool(Pool):
         """Periodic maintenance (run by the housekeeping task); returns the
         clock time of the next round it needs."""
         self.reclaim_abandoned()
+        if self._leak_threshold is not None:
+            self.report_long_checkouts()
         return self._clock() + HOUSEKEEPING_INTERVAL
+
+    def report_long_checkouts(self) -> int:
+        """Log, once per checkout, connections held longer than the leak
+        detection threshold, with the stack that checked them out."""
+        now, reported = self._clock(), 0
+        for rec in list(self._out):
+            info = rec.__dict__.get(_CHECKOUT_INFO)
+            if info is None or info[2] or now - info[0] < self._leak_threshold:
+                continue
+            info[2] = True
+            reported += 1
+            logger.warning("autopool: a connection of %r has been checked out for %.1f s "
+                           "(leak_detection_threshold=%s); checked out at:\n%s", self.name,
+                           now - info[0], self._leak_threshold, "".join(info[1]).rstrip())
+        return reported
 
     # -- return ---------------------------------------------------------------
     def _do_return_conn(self, record: _ConnectionRecord) -> None:
         self._out.pop(record, None)
+        if self._leak_threshold is not None:
+            record.__dict__.pop(_CHECKOUT_INFO, None)
         if record.__dict__.pop(LEASED_ATTR, None) is not None and record.dbapi_connection is not None:
             # Checked out through Django and never released: its wrapper was
             # garbage collected (a greenlet or thread that ended without

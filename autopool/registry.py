@@ -124,7 +124,8 @@ def build_pool(cfg: "config_mod.PoolConfig", driver: Driver, connect: Callable[[
     if issubclass(cls, QueuePool):
         kw.update(pool_size=cfg.pool_size, max_overflow=cfg.max_overflow, timeout=cfg.timeout,
                   use_lifo=cfg.use_lifo, max_waiting=cfg.max_waiting,
-                  use_threadlocal=cfg.use_threadlocal, name=cfg.alias)
+                  use_threadlocal=cfg.use_threadlocal, name=cfg.alias,
+                  leak_detection_threshold=cfg.leak_detection_threshold)
         if issubclass(cls, DjangoQueuePool):
             kw.update(core_pool_size=cfg.django_core_pool_size, unload_timeout=cfg.django_unload_timeout,
                       retire_interval=cfg.django_retire_interval,

@@ -346,3 +346,21 @@ def test_threadlocal_affinity_with_fakes():
     t.start()
     t.join(10)
     assert seen[0] is created[0]  # another thread has no affinity: FIFO
+
+
+def test_leak_detection_logs_the_checkout_stack_once(caplog):
+    clock = Clock()
+    pool, _ = make(pool_size=2, max_overflow=0, leak_detection_threshold=30, clock=clock, name="jobs")
+    held = pool.connect()
+    quick = pool.connect()
+    quick.close()
+    clock.now += 29
+    assert pool.report_long_checkouts() == 0
+    clock.now += 2
+    with caplog.at_level("WARNING", logger="autopool"):
+        assert pool.report_long_checkouts() == 1
+        assert pool.report_long_checkouts() == 0  # once per checkout
+    message = caplog.records[-1].getMessage()
+    assert "'jobs'" in message and "31.0 s" in message
+    assert "test_leak_detection_logs_the_checkout_stack_once" in message
+    held.close()
