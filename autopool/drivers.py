@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import ctypes
 import logging
-from typing import Any, Optional
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
+
+# (sql, args) run through a DB-API cursor.
+Statement = Tuple[str, Optional[List[Any]]]
 
 logger = logging.getLogger("autopool")
 
@@ -39,8 +42,48 @@ class Driver:
             return True
         return bool(status & SERVER_STATUS_IN_TRANS) or not status & SERVER_STATUS_AUTOCOMMIT
 
-    def reset_session(self, conn: Any) -> None:
+    def reset_session(self, conn: Any, setup: Sequence[Statement] = ()) -> None:
+        """COM_RESET_CONNECTION, then re-run the driver's connect-time ``setup``.
+
+        The reset returns every session variable to its global value, and the
+        server's character set handling along with it: MariaDB 10.11 reports
+        the handshake character set afterwards but decodes as the session did
+        before the reset (a ``SET NAMES latin1`` turns the next user's utf8mb4
+        into mojibake), and a ``collation``, ``sql_mode`` or ``init_command``
+        from ``OPTIONS`` is gone. ``setup`` (:meth:`session_setup`) restores
+        them: one round trip for the reset, one per statement.
+        """
+        self._send_reset(conn)
+        cursor = conn.cursor()
+        try:
+            for sql, args in setup:
+                cursor.execute(sql, args)
+                while cursor.nextset():
+                    pass
+        finally:
+            cursor.close()
+
+    def _send_reset(self, conn: Any) -> None:
         raise NotImplementedError
+
+    def session_setup(self, conn: Any, conn_params: Mapping[str, Any]) -> Tuple[Statement, ...]:
+        """The statements that redo what the driver set up when it connected."""
+        charset, collation = self.character_set(conn, conn_params)
+        names = f"SET NAMES {charset}" + (f" COLLATE {collation}" if collation else "") if charset else None
+        sql_mode = conn_params.get("sql_mode")
+        init_command = conn_params.get("init_command")
+        steps = {
+            "names": (names, None) if names else None,
+            "sql_mode": ("SET SESSION sql_mode = %s", [sql_mode]) if sql_mode is not None else None,
+            "init_command": (init_command, None) if init_command else None,
+        }
+        return tuple(steps[name] for name in self.SETUP_ORDER if steps[name] is not None)
+
+    # The order in which the driver runs them when it connects.
+    SETUP_ORDER: Tuple[str, ...] = ("names", "sql_mode", "init_command")
+
+    def character_set(self, conn: Any, conn_params: Mapping[str, Any]) -> Tuple[Optional[str], Optional[str]]:
+        return conn_params.get("charset"), conn_params.get("collation")
 
     def is_open(self, conn: Any) -> bool:
         return bool(getattr(conn, "open", True))
@@ -57,9 +100,12 @@ class PyMySQLDriver(Driver):
     def server_status(self, conn: Any) -> Optional[int]:
         return getattr(conn, "server_status", None)
 
-    def reset_session(self, conn: Any) -> None:
+    def _send_reset(self, conn: Any) -> None:
         conn._execute_command(COM_RESET_CONNECTION, b"")
         conn._read_ok_packet()
+
+    def character_set(self, conn: Any, conn_params: Mapping[str, Any]) -> Tuple[Optional[str], Optional[str]]:
+        return getattr(conn, "charset", None), getattr(conn, "collation", None)
 
 
 class _Native:
@@ -142,7 +188,20 @@ class MySQLclientDriver(Driver):
             return None
         return native.status(conn)
 
-    def reset_session(self, conn: Any) -> None:
+    # mysqlclient runs init_command inside mysql_real_connect(), then sets
+    # the character set and sql_mode.
+    SETUP_ORDER = ("init_command", "names", "sql_mode")
+
+    def character_set(self, conn: Any, conn_params: Mapping[str, Any]) -> Tuple[Optional[str], Optional[str]]:
+        charset = conn_params.get("charset")
+        if not charset:
+            try:
+                charset = conn.character_set_name()
+            except Exception:  # noqa: BLE001 - leave the server's choice alone
+                charset = None
+        return charset, conn_params.get("collation")
+
+    def _send_reset(self, conn: Any) -> None:
         native = self._native
         if native is not None and native.reset is not None:
             if native.reset(native.handle(conn)) == 0:

@@ -64,9 +64,22 @@ def _cooperative_class(base: type) -> type:
             self.close()
             raise self.OperationalError(LOST_CONNECTION, "Lost connection to server during query "
                                         "(read_timeout expired)") from None
+        except BaseException:
+            # Interrupted (gevent.kill, gevent.Timeout) with the reply still
+            # on its way: the next command would read this query's reply as
+            # its own, and every later one the reply before it, handing one
+            # request's results to the next user of the connection. Close it.
+            self.close()
+            raise
         read_query_result(self)
 
-    cls = type(f"Cooperative{base.__name__}", (base,), {"query": query, "__module__": __name__})
+    def close(self: Any) -> None:
+        # Idempotent: a connection closed above is closed again by Django or
+        # the pool, and mysqlclient raises on a second close().
+        if self.open:
+            base.close(self)
+
+    cls = type(f"Cooperative{base.__name__}", (base,), {"query": query, "close": close, "__module__": __name__})
     _classes[base] = cls
     return cls
 

@@ -16,13 +16,16 @@ registers them. One request's life:
 """
 from __future__ import annotations
 
+import _thread
 import logging
+import threading
+import weakref
 from typing import Any, Optional
 
 from . import config as config_mod
 from . import registry
 from .pool import LEASED_ATTR as LEASED
-from .pool import current_owner
+from .pool import current_owner, owner_dead
 
 logger = logging.getLogger("autopool")
 
@@ -31,7 +34,9 @@ REUSED = "_autopool_reused"    # set by checkout: skip the next init_connection_
 CLOSING = "_autopool_closing"  # inside close(): _close() may return to the pool
 DISTRUST = "_autopool_distrust"  # inside a failed health check: never return
 OWNER = "_autopool_owner"      # id() of the wrapper that checked LEASE out
+HOLDER = "_autopool_holder"    # the _Lease the pool's abandoned-connection scan watches
 INIT = "autopool_initialized"  # record.info key: this dbapi connection is set up
+SETUP = "autopool_session_setup"  # record.info key: statements redoing the driver's set-up after a reset
 
 NO_DB_ALIAS = "__no_db__"
 
@@ -72,13 +77,57 @@ def get_new_connection(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -
     fairy = entry.pool.connect()
     conn = fairy.dbapi_connection
     rec = fairy._connection_record
-    rec.__dict__[LEASED] = current_owner()
+    rec.__dict__[LEASED] = _lease_owner(instance)
     d[LEASE] = fairy
     d[OWNER] = id(instance)
     d[REUSED] = rec.info.get(INIT) is conn
+    if entry.config.reset_session and SETUP not in rec.info:
+        rec.info[SETUP] = entry.driver.session_setup(conn, conn_params)
     if entry.server_data is not None and "mysql_server_data" not in d:
         d["mysql_server_data"] = entry.server_data
     return conn
+
+
+class _Lease:
+    """The owner that the pool's abandoned-connection scan sees for a checkout.
+
+    The pool reclaims a checked-out connection once its owner is ``dead``.
+    A Django connection belongs to its ``DatabaseWrapper``, which may be
+    shared between threads (``inc_thread_sharing()``, ``LiveServerTestCase``,
+    Django's ``ThreadTests``): a connection first used by a helper thread
+    lives on in the wrapper after that thread ends. So the lease is dead only
+    when the wrapper was garbage collected, or when the wrapper is not shared
+    and its home thread or greenlet (the one Django ties it to) has ended.
+    """
+
+    __slots__ = ("wrapper", "home", "__weakref__")
+
+    def __init__(self, wrapper: Any, home: Any) -> None:
+        self.wrapper = weakref.ref(wrapper)
+        self.home = home  # weak reference to the home thread/greenlet, or None if unknown
+
+    @property
+    def dead(self) -> bool:
+        wrapper = self.wrapper()
+        if wrapper is None:
+            return True
+        if wrapper.allow_thread_sharing or self.home is None:
+            return False
+        return owner_dead(self.home)
+
+
+def _lease_owner(instance: Any) -> Any:
+    if instance._thread_ident == _thread.get_ident():
+        home = current_owner()
+    else:
+        # Connecting from another thread of a shared wrapper: its home is the
+        # thread that created it (unknown for a greenlet: then only the
+        # wrapper's collection ends the lease).
+        home = next((weakref.ref(t) for t in threading.enumerate() if t.ident == instance._thread_ident),
+                    None)
+    lease = _Lease(instance, home)
+    instance.__dict__[HOLDER] = lease
+    return weakref.ref(lease)
 
 
 def _creator(wrapped: Any, conn_params: dict) -> Any:
@@ -148,6 +197,7 @@ def _close(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
     if fairy is None:
         return wrapped(*args, **kwargs)
     d.pop(REUSED, None)
+    d.pop(HOLDER, None)
     if d.pop(OWNER, None) != id(instance):
         # A shallow copy (``copy.copy(connection)``, as Django's own tests
         # make) shares the original wrapper's lease and DB-API connection.
@@ -189,19 +239,21 @@ def release(instance: Any, fairy: Any) -> None:
             return
         if cfg.sa_reset_on_return is None and (not instance.autocommit or driver.may_be_in_transaction(conn)):
             if not cfg.django_reset_on_return:
-                logger.warning("autopool: %r returned inside a transaction with no reset configured "
+                logger.warning("%r returned inside a transaction with no reset configured "
                                "(django_reset_on_return=False, reset_on_return=None); closing it",
                                entry.alias)
                 discard(fairy)
                 return
             conn.rollback()
             entry.counters.rollbacks_on_return += 1
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("rolled back a connection of %r on return", entry.alias)
         if cfg.reset_session:
-            driver.reset_session(conn)
+            driver.reset_session(conn, rec.info.get(SETUP, ()))
             rec.info.pop(INIT, None)
             entry.counters.session_resets += 1
     except Exception as exc:  # noqa: BLE001 - a failed reset means a broken connection
-        logger.info("autopool: reset on return failed for %r (%s); closing the connection",
+        logger.info("reset on return failed for %r (%s); closing the connection",
                     entry.alias, type(exc).__name__)
         discard(fairy)
         return
@@ -221,4 +273,4 @@ def discard(fairy: Any) -> None:
     try:
         fairy.invalidate()
     except Exception:  # noqa: BLE001 - closing a dead connection may fail; the slot is freed anyway
-        logger.debug("autopool: error while closing a connection", exc_info=True)
+        logger.debug("error while closing a connection", exc_info=True)

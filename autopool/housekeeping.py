@@ -44,7 +44,7 @@ def run_once() -> float:
         try:
             due = pool.housekeep()
         except Exception:  # noqa: BLE001 - a broken pool must not stop the others
-            logger.exception("autopool: housekeeping failed for %r", getattr(pool, "name", pool))
+            logger.exception("housekeeping failed for %r", getattr(pool, "name", pool))
             continue
         wait = min(wait, max(due - pool._clock(), 0.0))
     return wait

@@ -222,10 +222,12 @@ class QueuePool(Pool):
             else:
                 if self._max_waiting is not None and len(self._waiters) >= self._max_waiting:
                     self.counters.too_many_waiters += 1
-                    raise TooManyWaiters(
+                    error = TooManyWaiters(
                         f"pool {self.name!r} is exhausted and {len(self._waiters)} requests already "
                         f"wait (max_waiting={self._max_waiting}, pool_size={self._pool_size}, "
                         f"max_overflow={self._max_overflow}, checked out={self.checkedout()})")
+                    logger.warning("%s", error)
+                    raise error
                 waiter = _Waiter()
                 self._waiters.append(waiter)
         if waiter is None:
@@ -251,10 +253,12 @@ class QueuePool(Pool):
                     raise _WaitExpired
                 self.counters.timeouts += 1
                 self.counters.record_wait(self._clock() - start)
-                raise PoolTimeout(
+                error = PoolTimeout(
                     f"no connection available for {self.name!r} within {timeout:g} s "
                     f"(pool_size={self._pool_size}, max_overflow={self._max_overflow}, "
                     f"checked out={out}, waiting={waiting}, timeout={self._timeout:g})")
+                logger.warning("%s", error)
+                raise error
         self.counters.record_wait(self._clock() - start)
         item = waiter.item
         if item is _SLOT:
@@ -267,8 +271,10 @@ class QueuePool(Pool):
         """Open a connection for a slot already counted in ``_opened``."""
         try:
             return self._create_connection()
-        except BaseException:
+        except BaseException as exc:
             self._release_slot()
+            # The driver's message never contains the password.
+            logger.warning("cannot open a connection for %r: %s: %s", self.name, type(exc).__name__, exc)
             raise
 
     def _release_slot(self) -> None:
@@ -295,7 +301,7 @@ class QueuePool(Pool):
             if self._out.pop(rec, False) is not None:
                 continue
             self.counters.leaks += 1
-            logger.warning("autopool: reclaimed a connection of %r from a greenlet or thread that ended "
+            logger.warning("reclaimed a connection of %r from a greenlet or thread that ended "
                            "without closing it (call connection.close() / close_old_connections() when "
                            "work outside a request ends)", self.name)
             try:
@@ -323,7 +329,7 @@ class QueuePool(Pool):
                 continue
             info[2] = True
             reported += 1
-            logger.warning("autopool: a connection of %r has been checked out for %.1f s "
+            logger.warning("a connection of %r has been checked out for %.1f s "
                            "(leak_detection_threshold=%s); checked out at:\n%s", self.name,
                            now - info[0], self._leak_threshold, "".join(info[1]).rstrip())
         return reported
@@ -339,7 +345,7 @@ class QueuePool(Pool):
             # closing). Its state is unknown, so close it; the server rolls
             # back whatever it left open.
             self.counters.leaks += 1
-            logger.warning("autopool: a connection of %r was garbage collected without close(); "
+            logger.warning("a connection of %r was garbage collected without close(); "
                            "closing it (call connection.close() / close_old_connections() when "
                            "work outside a request ends)", self.name)
             record.invalidate()
@@ -373,7 +379,7 @@ class QueuePool(Pool):
             self._opened -= len(idle)
         for rec in idle:
             rec.close()
-        self.logger.info("Pool disposed. %s", self.status())
+        logger.info("pool of %r disposed: %s", self.name, self.status())
 
     def close(self) -> None:
         """Dispose and refuse further checkouts; waiters get ``PoolClosed``."""
@@ -498,7 +504,7 @@ class DjangoQueuePool(QueuePool):
             rec.close()
         self.counters.connections_retired += n
         if n:
-            self.logger.info("Retired %d idle connection(s); %s", n, self.status())
+            logger.info("retired %d idle connection(s) of %r: %s", n, self.name, self.status())
         return n
 
     def housekeep(self) -> float:

@@ -97,10 +97,10 @@ def create(alias: str, key: str, pool_setting: Any, database_module: Any,
         pool.autopool_entry = entry
         _pools[(alias, key)] = entry
     for old in stale_entries:
-        logger.info("autopool: connection parameters of %r changed; closing its previous pool", alias)
+        logger.info("connection parameters of %r changed; closing its previous pool", alias)
         _close_entry(old)
-    logger.info("autopool: created %s pool for %r (pool_size=%s, max_overflow=%s)",
-                type(pool).__name__, alias, cfg.pool_size, cfg.max_overflow)
+    logger.info("created %s pool for %r, %r (pool_size=%s, max_overflow=%s)",
+                type(pool).__name__, alias, entry, cfg.pool_size, cfg.max_overflow)
     from . import housekeeping
 
     housekeeping.register(pool)
@@ -156,7 +156,7 @@ def _count_events(pool: Any) -> None:
 
     def on_invalidate(dbapi_connection: Any, record: Any, exception: Any) -> None:
         counters.connections_invalidated += 1
-        logger.info("autopool: invalidated a connection of %r (%s)", pool.name,
+        logger.info("invalidated a connection of %r (%s)", pool.name,
                        type(exception).__name__ if exception is not None else "closed by Django")
 
     event.listen(pool, "connect", on_connect)
@@ -179,7 +179,7 @@ def _close_entry(entry: PoolEntry) -> None:
         close()
     else:
         entry.pool.dispose()
-    logger.info("autopool: disposed pool of %r", entry.alias)
+    logger.info("disposed pool of %r", entry.alias)
 
 
 def dispose(alias: Optional[str] = None) -> int:

@@ -23,10 +23,30 @@ COUNTERS = (
     "session_resets",
     "leaks",
 )
+# Seconds: total and longest wait of the checkouts that had to wait.
+WAIT_TIMES = ("wait_time_total", "wait_time_max")
+
+# One line per counter, for tables, docs and the Prometheus exporter's HELP.
+DESCRIPTIONS: Dict[str, str] = {
+    "connections_opened": "Physical connections opened.",
+    "connections_closed": "Physical connections closed.",
+    "connections_invalidated": "Connections closed as broken or judged unusable by Django.",
+    "connections_recycled": "Connections replaced at checkout for being older than recycle.",
+    "connections_retired": "Idle connections above the core size closed by the elastic pool.",
+    "checkouts": "Connections handed out.",
+    "waits": "Checkouts that had to wait for a connection (including those that timed out).",
+    "timeouts": "Checkouts that gave up after the pool's timeout (PoolTimeout).",
+    "too_many_waiters": "Checkouts refused at once because max_waiting requests already waited.",
+    "rollbacks_on_return": "Returns that rolled back an open transaction.",
+    "session_resets": "Returns that reset the server session (reset_session).",
+    "leaks": "Connections garbage collected while checked out (closed, never reused).",
+    "wait_time_total": "Seconds spent waiting for a connection, summed.",
+    "wait_time_max": "Longest wait for a connection, in seconds.",
+}
 
 
 class Counters:
-    __slots__ = COUNTERS + ("wait_time_total", "wait_time_max")
+    __slots__ = COUNTERS + WAIT_TIMES
 
     def __init__(self) -> None:
         for name in COUNTERS:

@@ -1,0 +1,246 @@
+"""``manage.py autopool``: look at and operate the pools.
+
+* ``stats [alias] [--json] [--connect]`` prints ``autopool.stats()``: the pools
+  of *this* process. A fresh ``manage.py`` process has none until it connects;
+  ``--connect`` checks one connection out and back per pooled alias first. To
+  see a running server's pools, call ``autopool.stats()`` (or
+  ``call_command("autopool", "stats")``) inside it, or scrape the Prometheus
+  exporter.
+* ``dispose [alias]`` closes this process's pools (``autopool.dispose``).
+* ``check-server [--processes N]`` asks each pooled alias's server for
+  ``max_connections`` and ``Threads_connected`` and checks that N processes,
+  each filling every pool that reaches that server, fit. Exit status 1 when
+  something does not fit (each problem on a ``WARNING`` or ``ERROR`` line).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, List, Optional, Tuple
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management.base import BaseCommand, CommandError
+
+import autopool
+from autopool import config as config_mod
+from autopool.introspect import FIELDS
+
+
+def pooled_aliases() -> List[str]:
+    return [alias for alias, db in settings.DATABASES.items() if db.get("POOL") is not None]
+
+
+class Command(BaseCommand):
+    help = "Show autopool's pools (stats), close them (dispose) or check the server's capacity (check-server)."
+    # The checks would stop the command on the very POOL errors it helps to diagnose.
+    requires_system_checks: List[str] = []
+
+    def add_arguments(self, parser: Any) -> None:
+        sub = parser.add_subparsers(dest="action", metavar="{stats,dispose,check-server}", required=True)
+        p = sub.add_parser("stats", help="The pools of this process (autopool.stats()).")
+        p.add_argument("alias", nargs="?", help="Only this DATABASES alias.")
+        p.add_argument("--json", action="store_true", help="Print a JSON list of dicts instead of a table.")
+        p.add_argument("--connect", action="store_true",
+                       help="Check one connection out of each pooled alias (and back) first, so its pool "
+                            "exists in this process.")
+        p = sub.add_parser("dispose", help="Close the pools of this process (autopool.dispose()).")
+        p.add_argument("alias", nargs="?", help="Only this DATABASES alias.")
+        p = sub.add_parser("check-server",
+                           help="Check that N processes' pools fit in each server's max_connections.")
+        p.add_argument("--processes", type=int, default=1, metavar="N",
+                       help="Processes that each fill their pools: gunicorn/uWSGI workers plus Celery "
+                            "worker processes and anything else running this project (default 1).")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        action = options["action"]
+        alias = options.get("alias")
+        if alias is not None and alias not in settings.DATABASES and not autopool.stats(alias):
+            raise CommandError(f"no DATABASES alias or pool {alias!r} (aliases: {', '.join(settings.DATABASES)})")
+        if action == "stats":
+            self.stats(alias, as_json=options["json"], connect=options["connect"])
+        elif action == "dispose":
+            n = autopool.dispose(alias)
+            self.stdout.write(f"Disposed {n} pool(s) of process {os.getpid()}"
+                              + (f" for {alias!r}." if alias else "."))
+        else:
+            if options["processes"] < 1:
+                raise CommandError("--processes must be at least 1")
+            self.check_server(options["processes"])
+
+    # -- stats -------------------------------------------------------------------
+    def stats(self, alias: Optional[str], *, as_json: bool, connect: bool) -> None:
+        wanted = [alias] if alias else pooled_aliases()
+        if connect:
+            self._warm([a for a in wanted if a in settings.DATABASES])
+        rows = autopool.stats(alias)
+        if as_json:
+            self.stdout.write(json.dumps(rows, indent=2, default=str))
+            return
+        notes = []
+        if not autopool.is_installed():
+            notes.append("autopool.install() was not called in this process: nothing is pooled here.")
+        elif not config_mod.enabled():
+            notes.append("pooling is disabled (AUTOPOOL_ENABLED): nothing is pooled here.")
+        live = {row["alias"] for row in rows}
+        missing = [a for a in wanted if a not in live and settings.DATABASES.get(a, {}).get("POOL") is not None]
+        if missing and not notes:
+            notes.append(f"no pool yet in this process for {', '.join(repr(a) for a in missing)} "
+                         "(pools open on first use; --connect opens one now).")
+        if rows:
+            self.stdout.write(_table(rows))
+        elif not notes:
+            notes.append("no pooled DATABASES alias (none has a POOL setting).")
+        for note in notes:
+            self.stdout.write(f"Note: {note}")
+
+    def _warm(self, aliases: List[str]) -> None:
+        from django.db import connections
+
+        failed = []
+        for a in aliases:
+            try:
+                connections[a].ensure_connection()
+            except Exception as exc:  # noqa: BLE001 - reported, then the command fails
+                failed.append(a)
+                self.stderr.write(f"ERROR {a}: cannot connect: {type(exc).__name__}: {exc}")
+            finally:
+                connections[a].close()
+        if failed:
+            raise CommandError(f"could not connect to {', '.join(repr(a) for a in failed)}")
+
+    # -- check-server ------------------------------------------------------------
+    def check_server(self, processes: int) -> None:
+        from django.db import connections
+
+        aliases = pooled_aliases()
+        if not aliases:
+            self.stdout.write("No DATABASES alias has a POOL setting: nothing to check.")
+            return
+        problems = 0
+        if not config_mod.enabled():
+            self.stdout.write("Note: pooling is disabled (AUTOPOOL_ENABLED); checking the POOL settings anyway.")
+        servers: Dict[Tuple[Any, ...], Dict[str, Any]] = {}
+        for alias in aliases:
+            try:
+                cfg = config_mod.parse(alias, settings.DATABASES[alias]["POOL"])
+            except ImproperlyConfigured as exc:
+                self.stdout.write(f"ERROR {alias}: {exc}")
+                problems += 1
+                continue
+            try:
+                info = _server_info(connections[alias])
+            except Exception as exc:  # noqa: BLE001 - any failure to reach the server is reported
+                self.stdout.write(f"ERROR {alias}: cannot query the server: {type(exc).__name__}: {exc}")
+                problems += 1
+                continue
+            finally:
+                connections[alias].close()
+            server = servers.setdefault(info["identity"], {"info": info, "aliases": []})
+            server["aliases"].append((alias, cfg, info))
+        for server in servers.values():
+            problems += self._report_server(server["info"], server["aliases"], processes)
+        if problems:
+            raise CommandError(f"check-server found {problems} problem(s); see the WARNING/ERROR lines above")
+        self.stdout.write("OK: the pools fit.")
+
+    def _report_server(self, info: Dict[str, Any], members: List[Tuple[str, Any, Dict[str, Any]]],
+                       processes: int) -> int:
+        w = self.stdout.write
+        problems = 0
+        w(f"Server {info['address']} ({info['version']}, hostname {info['hostname']}, port {info['port']})")
+        per_process = 0
+        unbounded = []
+        for alias, cfg, _ in members:
+            if cfg.max_overflow < 0:
+                unbounded.append(alias)
+                w(f"  {alias:<16} pool_size {cfg.pool_size} + max_overflow unlimited (-1)")
+            else:
+                most = cfg.pool_size + cfg.max_overflow
+                per_process += most
+                w(f"  {alias:<16} pool_size {cfg.pool_size} + max_overflow {cfg.max_overflow} = {most} per process")
+        max_conn, in_use = info["max_connections"], info["threads_connected"]
+        free = max_conn - in_use
+        needed = processes * per_process
+        w(f"  max_connections {max_conn}, Threads_connected {in_use} (not counting this check): {free} free")
+        w(f"  needed: {processes} process(es) x {per_process} = {needed}")
+        if unbounded:
+            problems += 1
+            w(f"WARNING: max_overflow=-1 on {', '.join(repr(a) for a in unbounded)} lets the pool open "
+              f"connections without limit: it cannot be checked against max_connections={max_conn}; "
+              "set a bounded max_overflow.")
+        elif needed > free:
+            problems += 1
+            w(f"WARNING: {processes} process(es) x {per_process} = {needed} connections do not fit in the "
+              f"{free} free of max_connections={max_conn} ({in_use} in use) on {info['address']}: short by "
+              f"{needed - free}. Lower pool_size/max_overflow, run fewer processes, or raise max_connections.")
+        else:
+            w(f"  headroom: {free - needed} connection(s)")
+        user_limit = info["max_user_connections"]
+        if user_limit > 0:
+            by_user: Dict[str, int] = {}
+            for alias, cfg, member in members:
+                if cfg.max_overflow >= 0:
+                    by_user[member["user"]] = by_user.get(member["user"], 0) + cfg.pool_size + cfg.max_overflow
+            for user, most in sorted(by_user.items()):
+                if processes * most > user_limit:
+                    problems += 1
+                    w(f"WARNING: {processes} process(es) x {most} = {processes * most} connections of {user} "
+                      f"exceed its max_user_connections={user_limit}.")
+        for alias, cfg, member in members:
+            wait_timeout = member["wait_timeout"]
+            if not cfg.any_pre_ping and (cfg.recycle < 0 or cfg.recycle >= wait_timeout):
+                problems += 1
+                recycle = "never (-1)" if cfg.recycle < 0 else f"{cfg.recycle:g} s"
+                w(f"WARNING: {alias}: recycle={recycle} is not below the server's wait_timeout="
+                  f"{wait_timeout} s and pre_ping is off: the server may close idle pooled connections "
+                  "first (MySQL server has gone away). Set recycle below wait_timeout or enable pre_ping.")
+        return problems
+
+
+def _server_info(connection: Any) -> Dict[str, Any]:
+    """What check-server needs from one alias's server (one connection, three queries)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT @@max_connections, @@max_user_connections, @@wait_timeout, @@hostname, "
+                       "@@port, @@datadir, VERSION(), CURRENT_USER()")
+        max_conn, max_user, wait_timeout, hostname, port, datadir, version, user = cursor.fetchone()
+        cursor.execute("SHOW GLOBAL STATUS LIKE 'Threads_connected'")
+        threads = int(cursor.fetchone()[1])
+    params = connection.settings_dict
+    address = params.get("HOST") or "localhost"
+    if params.get("PORT"):
+        address += f":{params['PORT']}"
+    return {
+        # The same server however it is reached (127.0.0.1, a socket, a DNS name).
+        "identity": (hostname, int(port), datadir),
+        "address": address,
+        "hostname": hostname,
+        "port": int(port),
+        "version": version,
+        "user": user,
+        "max_connections": int(max_conn),
+        "max_user_connections": int(max_user),
+        "wait_timeout": int(wait_timeout),
+        # This check's own connection is not the application's.
+        "threads_connected": max(threads - 1, 0),
+    }
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def _table(rows: List[Dict[str, Any]]) -> str:
+    """One line per field, one column per pool."""
+    keys = [k for k in FIELDS if k != "alias"]
+    width = max(len(k) for k in FIELDS)
+    cols = [[_fmt(row.get(k)) for k in keys] for row in rows]
+    col_w = [max([len(row["alias"])] + [len(v) for v in col]) for row, col in zip(rows, cols)]
+    lines = ["  ".join([f"{'alias':<{width}}"] + [f"{row['alias']:<{w}}" for row, w in zip(rows, col_w)])]
+    for i, key in enumerate(keys):
+        lines.append("  ".join([f"{key:<{width}}"] + [f"{col[i]:<{w}}" for col, w in zip(cols, col_w)]))
+    return "\n".join(line.rstrip() for line in lines)
