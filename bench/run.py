@@ -1,0 +1,1039 @@
+#!/usr/bin/env python
+"""HTTP load benchmark of autopool against Django's stock MySQL connections.
+
+One command, from the repository root::
+
+    python bench/run.py            # full run (about 12 minutes)
+    python bench/run.py --quick    # one short repetition (about 2 minutes)
+    python bench/run.py --demo     # the README's demo: stock vs autopool, under a minute
+
+It starts a throw-away MariaDB (``tests/mariadb.py``; an external server when
+``AUTOPOOL_TEST_MYSQL_HOST`` is set), creates the example database, migrates
+and seeds it, then for every configuration and workload starts
+``example_project`` under ``gunicorn -k gevent -w 1`` on a free loopback port,
+drives it with ``wrk -c 100 -t 2 --latency`` while a side connection samples
+``Threads_connected`` every 50 ms, and reads the server's command counters
+before and after (the side connection's own statements excluded). Every
+configuration runs once per repetition, interleaved, each run on a fresh
+gunicorn. Results: ``bench/results/latest.md`` (+ ``.json``, + ``.png`` when
+matplotlib is installed). Everything it started is stopped on exit, Ctrl-C or
+error.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "example_project"
+RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(ROOT))
+
+from tests.mariadb import Server  # noqa: E402
+
+DB_NAME = "autopool_example"
+SEED_ROWS = 10_000
+CONNECTIONS = 100
+THREADS = 2
+SAMPLE_INTERVAL = 0.05
+POOL_SIZE = 10
+
+
+@dataclass(frozen=True)
+class Config:
+    key: str
+    mode: str      # EXAMPLE_MODE: stock | persistent | autopool
+    driver: str    # EXAMPLE_DRIVER: mysqlclient | pymysql
+    label: str
+    pool_options: Optional[Dict[str, Any]] = None  # merged into POOL (autopool configs)
+    pool_size: int = POOL_SIZE
+
+
+CONFIGS: Dict[str, Config] = {c.key: c for c in (
+    Config("stock", "stock", "mysqlclient", "stock CONN_MAX_AGE=0"),
+    Config("persistent", "persistent", "mysqlclient", "stock persistent (CONN_MAX_AGE=None)"),
+    Config("autopool", "autopool", "mysqlclient", f"autopool pool_size={POOL_SIZE}"),
+    Config("stock-pymysql", "stock", "pymysql", "stock CONN_MAX_AGE=0"),
+    Config("persistent-pymysql", "persistent", "pymysql", "stock persistent (CONN_MAX_AGE=None)"),
+    Config("autopool-pymysql", "autopool", "pymysql", f"autopool pool_size={POOL_SIZE}"),
+    # Not run by default (--configs NAME,...): variants for investigating.
+    Config("autopool-nocoop", "autopool", "mysqlclient", f"autopool pool_size={POOL_SIZE}, cooperative=False",
+           {"cooperative": False}),
+    Config("autopool-100", "autopool", "mysqlclient", "autopool pool_size=100", pool_size=100),
+    Config("autopool-pymysql-100", "autopool", "pymysql", "autopool pool_size=100", pool_size=100),
+)}
+DEFAULT_CONFIGS = ["stock", "persistent", "autopool", "stock-pymysql", "persistent-pymysql", "autopool-pymysql"]
+
+
+@dataclass(frozen=True)
+class Workload:
+    key: str
+    label: str
+    path: Optional[str]      # None: /item/<random id>
+    think_ms: int = 0
+
+
+WORKLOADS: Dict[str, Workload] = {w.key: w for w in (
+    Workload("item", "/item/<random id> (one query)", None),
+    Workload("item-think", "/item/<random id>, 1 ms think time (wrk delay())", None, think_ms=1),
+    Workload("sleep50", "/sleep?ms=50 (SELECT SLEEP(0.05))", "/sleep?ms=50"),
+)}
+
+
+@dataclass
+class RunResult:
+    config: str
+    workload: str
+    rep: int
+    ok: bool = True
+    note: str = ""
+    requests: int = 0
+    ok_requests: int = 0
+    duration_s: float = 0.0
+    rps: float = 0.0
+    p50_ms: float = 0.0
+    p90_ms: float = 0.0
+    p99_ms: float = 0.0
+    max_ms: float = 0.0
+    errors: int = 0
+    error_detail: Dict[str, int] = field(default_factory=dict)
+    peak_connections: int = 0
+    commands: int = 0
+    commands_per_request: float = 0.0
+    questions: int = 0
+    admin_commands: int = 0
+    new_connections: int = 0
+    worker_cpu_ms_per_request: float = float("nan")
+    server_cpu_ms_per_request: float = float("nan")
+    pool_stats: Optional[list] = None
+
+
+# --------------------------------------------------------------------------- cleanup
+
+class Cleanup:
+    """Everything started here, stopped in reverse order exactly once."""
+
+    def __init__(self) -> None:
+        self._items: List[Tuple[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def push(self, name: str, fn: Any) -> None:
+        with self._lock:
+            self._items.append((name, fn))
+
+    def remove(self, fn: Any) -> None:
+        with self._lock:
+            self._items = [(n, f) for n, f in self._items if f is not fn]
+
+    def run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._items:
+                    return
+                name, fn = self._items.pop()
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001 - keep stopping the rest
+                print(f"bench: stopping {name} failed: {exc}", file=sys.stderr)
+
+
+CLEANUP = Cleanup()
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+# --------------------------------------------------------------------------- helpers
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def free_port(avoid: Tuple[int, ...] = ()) -> int:
+    # Below 32768: Linux's ephemeral range (32768-60999) is taken by outgoing connections under load.
+    for _ in range(1000):
+        port = random.randint(20000, 31999)
+        if port in avoid:
+            continue
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port in 20000-31999")
+
+
+def http_get(port: int, path: str, timeout: float = 5.0) -> Tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: List[int]) -> float:
+    """user + system CPU time of these processes so far (gone ones count 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / CLK_TCK
+
+
+def children(pid: int) -> List[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def server_env(server: Server) -> Dict[str, str]:
+    env = dict(os.environ)
+    env.update(server.env())
+    env["EXAMPLE_DB_NAME"] = DB_NAME
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def prepare_database(server: Server) -> None:
+    server.create_database(DB_NAME)
+    env = server_env(server)
+    env.update(EXAMPLE_MODE="stock", EXAMPLE_DRIVER="mysqlclient")
+    proc = subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=EXAMPLE, env=env,
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if proc.returncode:
+        raise RuntimeError("migrate failed:\n" + proc.stdout.decode(errors="replace"))
+    conn = server.admin_connect(database=DB_NAME)
+    try:
+        cur = conn.cursor()
+        for start in range(1, SEED_ROWS + 1, 1000):
+            rows = [(f"item-{i}", i) for i in range(start, min(start + 1000, SEED_ROWS + 1))]
+            cur.executemany("INSERT INTO shop_item (name, value) VALUES (%s, %s)", rows)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- server-side counters
+
+class Monitor:
+    """A side connection: Threads_connected sampling and command counters.
+
+    Every statement of this session is itself counted in the server's global
+    ``Questions``; reading the session's own ``Questions`` in the same statement
+    as the global ones makes the subtraction exact.
+    """
+
+    COUNTERS_SQL = (
+        "SELECT"
+        " (SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME='QUESTIONS'),"
+        " (SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME='COM_ADMIN_COMMANDS'),"
+        " (SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME='CONNECTIONS'),"
+        " (SELECT VARIABLE_VALUE FROM information_schema.SESSION_STATUS WHERE VARIABLE_NAME='QUESTIONS'),"
+        " (SELECT VARIABLE_VALUE FROM information_schema.SESSION_STATUS WHERE VARIABLE_NAME='COM_ADMIN_COMMANDS')"
+    )
+    THREADS_SQL = "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME='THREADS_CONNECTED'"
+
+    def __init__(self, server: Server) -> None:
+        self.conn = server.admin_connect()
+        self.conn.autocommit(True)
+        self.lock = threading.Lock()
+        self.baseline = self.run_baseline = self.threads_connected()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self.peak = 0
+
+    def _one(self, sql: str) -> Tuple[Any, ...]:
+        with self.lock:
+            cur = self.conn.cursor()
+            cur.execute(sql)
+            row = cur.fetchone()
+            cur.close()
+            return row
+
+    def threads_connected(self) -> int:
+        return int(self._one(self.THREADS_SQL)[0])
+
+    def counters(self) -> Tuple[int, int, int]:
+        """(foreign questions, foreign admin commands, connections) so far."""
+        q, adm, conns, own_q, own_adm = (int(v) for v in self._one(self.COUNTERS_SQL))
+        return q - own_q, adm - own_adm, conns
+
+    def wait_baseline(self, timeout: float = 15.0) -> int:
+        """Poll until the previous run's connections are gone; return what is left over.
+
+        The run's baseline (this connection plus clients that are not ours) is then
+        taken again, so peaks count only the connections opened during the run.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            n = self.threads_connected()
+            if n <= self.baseline or time.monotonic() > deadline:
+                leftover = n - self.baseline
+                self.run_baseline = n
+                return leftover
+            time.sleep(SAMPLE_INTERVAL)
+
+    def start_sampling(self) -> None:
+        self.peak = 0
+        self._stop.clear()
+
+        def loop() -> None:
+            while not self._stop.is_set():
+                try:
+                    self.peak = max(self.peak, self.threads_connected() - self.run_baseline)
+                except Exception as exc:  # noqa: BLE001
+                    print(f"bench: sampler: {exc}", file=sys.stderr)
+                    return
+                self._stop.wait(SAMPLE_INTERVAL)
+
+        self._thread = threading.Thread(target=loop, name="threads-connected-sampler", daemon=True)
+        self._thread.start()
+
+    def stop_sampling(self) -> int:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        return self.peak
+
+    def close(self) -> None:
+        self.stop_sampling()
+        self.conn.close()
+
+
+# --------------------------------------------------------------------------- gunicorn
+
+class Gunicorn:
+    def __init__(self, server: Server, cfg: Config, logdir: Path, extra_pool_options: Optional[str]) -> None:
+        self.server, self.cfg, self.logdir = server, cfg, logdir
+        self.extra_pool_options = extra_pool_options
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+        self.port = 0
+        self.log_path = logdir / f"gunicorn-{cfg.key}-{time.monotonic_ns()}.log"
+
+    def start(self, timeout: float = 60.0) -> None:
+        env = server_env(self.server)
+        env.update(EXAMPLE_MODE=self.cfg.mode, EXAMPLE_DRIVER=self.cfg.driver)
+        env.setdefault("EXAMPLE_LOG_LEVEL", "info")  # worker boots and exits in the log
+        if self.cfg.mode == "autopool":
+            env["EXAMPLE_POOL_SIZE"] = str(self.cfg.pool_size)
+            options = dict(self.cfg.pool_options or {})
+            if self.extra_pool_options:
+                options.update(json.loads(self.extra_pool_options))
+            if options:
+                env["EXAMPLE_POOL_OPTIONS"] = json.dumps(options)
+        for attempt in range(5):
+            self.port = free_port(avoid=(self.server.port,))
+            cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--no-control-socket",
+                   "-k", "gevent", "-w", "1", "--worker-connections", "1000",
+                   "-b", f"127.0.0.1:{self.port}", "example_project.wsgi"]
+            with open(self.log_path, "ab") as logf:
+                self.proc = subprocess.Popen(cmd, cwd=EXAMPLE, env=env, stdin=subprocess.DEVNULL,
+                                             stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+            CLEANUP.push(f"gunicorn {self.cfg.key}", self.stop)
+            if self._wait_ready(timeout):
+                return
+            self.stop()
+            if "Address already in use" not in self.log_tail():
+                break
+        raise RuntimeError(f"gunicorn ({self.cfg.key}) did not become ready; log:\n{self.log_tail()}")
+
+    def _wait_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                return False
+            try:
+                status, _ = http_get(self.port, "/health", timeout=2)
+                if status == 200:
+                    return True
+            except OSError:
+                pass
+            time.sleep(0.02)
+        return False
+
+    def log_tail(self, n: int = 30) -> str:
+        try:
+            return "".join(self.log_path.read_text(errors="replace").splitlines(True)[-n:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc is None:
+            return
+        self.proc = None
+        CLEANUP.remove(self.stop)
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait()
+        else:
+            # The master is gone; make sure no orphaned worker of its group is left behind.
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+# --------------------------------------------------------------------------- wrk
+
+LUA = r"""
+-- generated by bench/run.py
+local max_id = __MAX_ID__
+local think_ms = __THINK__
+local fixed_path = __PATH__
+local counter = 0
+local threads = {}
+
+function setup(thread)
+  counter = counter + 1
+  thread:set("tid", counter)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  math.randomseed(os.time() * 97 + (tid or 0) * 7919)
+  if fixed_path then wrk.path = fixed_path end
+end
+
+if not fixed_path then
+  request = function()
+    return wrk.format("GET", "/item/" .. math.random(1, max_id))
+  end
+end
+
+if think_ms > 0 then
+  delay = function() return think_ms end
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests": %d, "duration_us": %d, "connect": %d, "read": %d, "write": %d, ' ..
+    '"status": %d, "timeout": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, "max_us": %d}\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+end
+"""
+
+
+def lua_script(workload: Workload, directory: Path) -> Path:
+    path = directory / f"wrk-{workload.key}.lua"
+    text = (LUA.replace("__MAX_ID__", str(SEED_ROWS)).replace("__THINK__", str(workload.think_ms))
+            .replace("__PATH__", json.dumps(workload.path) if workload.path else "nil"))
+    path.write_text(text)
+    return path
+
+
+class Progress:
+    """A one-line text progress bar while wrk runs."""
+
+    def __init__(self, label: str, seconds: float, enabled: bool) -> None:
+        self.label, self.seconds, self.enabled = label, seconds, enabled
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def _draw(self, elapsed: float, final: bool = False) -> None:
+        width = 30
+        frac = min(elapsed / self.seconds, 1.0) if self.seconds else 1.0
+        filled = int(round(frac * width))
+        bar = "#" * filled + "." * (width - filled)
+        end = "\n" if final else ""
+        sys.stderr.write(f"\r  {self.label:<44} [{bar}] {min(elapsed, self.seconds):4.1f}/{self.seconds:.0f} s{end}")
+        sys.stderr.flush()
+
+    def __enter__(self) -> "Progress":
+        if self.enabled:
+            start = time.monotonic()
+
+            tty = sys.stderr.isatty()
+
+            def loop() -> None:
+                # A terminal redraws the line 4 times a second; a log file gets a redraw each second.
+                while not self._stop.wait(0.25 if tty else 1.0):
+                    self._draw(time.monotonic() - start)
+
+            self._draw(0)
+            self._thread = threading.Thread(target=loop, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._draw(self.seconds, final=True)
+
+
+def run_wrk(port: int, script: Path, seconds: int, label: str, progress: bool) -> Dict[str, Any]:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise RuntimeError("wrk not found: apt-get install wrk (scripts/bootstrap.sh installs it)")
+    cmd = [wrk, "-c", str(CONNECTIONS), "-t", str(THREADS), "-d", f"{seconds}s", "--latency",
+           "--timeout", "10s", "-s", str(script), f"http://127.0.0.1:{port}/"]
+    with Progress(label, seconds, progress):
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        CLEANUP.push("wrk", proc.kill)
+        try:
+            out, _ = proc.communicate(timeout=seconds + 60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        finally:
+            CLEANUP.remove(proc.kill)
+    text = out.decode(errors="replace")
+    for line in text.splitlines():
+        if line.startswith("WRKJSON "):
+            data = json.loads(line[len("WRKJSON "):])
+            data["raw"] = text
+            return data
+    raise RuntimeError(f"wrk failed ({proc.returncode}):\n{text}")
+
+
+# --------------------------------------------------------------------------- one run
+
+def one_run(server: Server, monitor: Monitor, cfg: Config, workload: Workload, rep: int, seconds: int,
+            tmp: Path, progress: bool, extra_pool_options: Optional[str]) -> RunResult:
+    res = RunResult(cfg.key, workload.key, rep)
+    leftover = monitor.wait_baseline()
+    if leftover > 0:
+        res.note += f"{leftover} connection(s) of an earlier run still open; "
+    g = Gunicorn(server, cfg, tmp, extra_pool_options)
+    try:
+        g.start()
+        # Warm-up: load the code paths of this view with a few sequential requests.
+        warm_path = workload.path or "/item/1"
+        for _ in range(3 if workload.path else 20):
+            status, body = http_get(g.port, warm_path, timeout=30)
+            if status != 200:
+                raise RuntimeError(f"warm-up request {warm_path} answered {status}: {body[:200]!r}; "
+                                   f"gunicorn log:\n{g.log_tail()}")
+        workers = children(g.proc.pid) if g.proc else []
+        server_pids = [server.pid] if server.pid else []
+        wcpu0, scpu0 = cpu_seconds(workers), cpu_seconds(server_pids)
+        q0, a0, c0 = monitor.counters()
+        monitor.start_sampling()
+        try:
+            w = run_wrk(g.port, lua_script(workload, tmp), seconds,
+                        f"{cfg.key} ({cfg.driver}) {workload.key}", progress)
+        finally:
+            res.peak_connections = monitor.stop_sampling()
+        q1, a1, c1 = monitor.counters()
+        wcpu1, scpu1 = cpu_seconds(workers), cpu_seconds(server_pids)
+        if cfg.mode == "autopool":
+            try:
+                status, body = http_get(g.port, "/stats", timeout=10)
+                if status == 200:
+                    res.pool_stats = json.loads(body)["pools"]
+            except (OSError, ValueError):
+                pass
+        if g.proc is None or g.proc.poll() is not None:
+            res.note += "gunicorn died; "
+    except (RuntimeError, OSError, http.client.HTTPException) as exc:
+        res.ok = False
+        res.note += f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        print(f"bench: {cfg.key} {workload.key} failed: {exc}", file=sys.stderr)
+        return res
+    finally:
+        g.stop()
+    res.requests = w["requests"]
+    res.duration_s = w["duration_us"] / 1e6
+    res.error_detail = {k: w[k] for k in ("connect", "read", "write", "status", "timeout") if w[k]}
+    res.errors = sum(res.error_detail.values())
+    res.ok_requests = max(res.requests - w["status"], 0)
+    res.rps = res.ok_requests / res.duration_s if res.duration_s else 0.0
+    if res.requests:
+        res.p50_ms, res.p90_ms = w["p50_us"] / 1000, w["p90_us"] / 1000
+        res.p99_ms, res.max_ms = w["p99_us"] / 1000, w["max_us"] / 1000
+    res.questions, res.admin_commands, res.new_connections = q1 - q0, a1 - a0, c1 - c0
+    res.commands = res.questions + res.admin_commands
+    if res.requests and workers:
+        res.worker_cpu_ms_per_request = 1000 * (wcpu1 - wcpu0) / res.requests
+    if res.requests and server_pids:
+        res.server_cpu_ms_per_request = 1000 * (scpu1 - scpu0) / res.requests
+    res.commands_per_request = res.commands / res.requests if res.requests else float("nan")
+    if res.errors or res.requests == 0:
+        # Keep what explains the errors: gunicorn's log and wrk's output.
+        keep = RESULTS / "logs"
+        keep.mkdir(parents=True, exist_ok=True)
+        name = f"{cfg.key}-{workload.key}-{rep + 1}"
+        try:
+            shutil.copyfile(g.log_path, keep / f"{name}-gunicorn.log")
+        except OSError:
+            pass
+        (keep / f"{name}-wrk.txt").write_text(w.get("raw", ""))
+        res.note += f"logs in bench/results/logs/{name}-*; "
+    if res.requests == 0:
+        res.ok = False
+        res.note += "no request completed; "
+    return res
+
+
+# --------------------------------------------------------------------------- report
+
+def med(values: List[float]) -> float:
+    values = [v for v in values if v == v]
+    return statistics.median(values) if values else float("nan")
+
+
+def fmt(v: float, digits: int = 0) -> str:
+    if v != v or v in (float("inf"), float("-inf")):
+        return "n/a"
+    return f"{v:,.{digits}f}"
+
+
+def fmtx(v: float, digits: int = 2) -> str:
+    text = fmt(v, digits)
+    return text if text == "n/a" else text + "x"
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def aggregate(results: List[RunResult], configs: List[str], workloads: List[str]) -> Dict[Tuple[str, str], Dict[str, Any]]:
+    out: Dict[Tuple[str, str], Dict[str, Any]] = {}
+    by = {(r.config, r.workload, r.rep): r for r in results}
+    reps = sorted({r.rep for r in results})
+    for wk in workloads:
+        for ck in configs:
+            rs = [r for r in results if r.config == ck and r.workload == wk]
+            good = [r for r in rs if r.ok]
+            cfg = CONFIGS[ck]
+            same_persistent = "persistent" if cfg.driver == "mysqlclient" else "persistent-pymysql"
+            same_stock = "stock" if cfg.driver == "mysqlclient" else "stock-pymysql"
+
+            def paired(base: str, attr: str) -> float:
+                vals = []
+                for rep in reps:
+                    a, b = by.get((ck, wk, rep)), by.get((base, wk, rep))
+                    if a and b and a.ok and b.ok:
+                        vals.append(ratio(getattr(a, attr), getattr(b, attr)))
+                return med(vals)
+
+            out[(ck, wk)] = dict(
+                runs=len(rs), failed=len(rs) - len(good),
+                rps=med([r.rps for r in good]),
+                rps_min=min((r.rps for r in good), default=float("nan")),
+                rps_max=max((r.rps for r in good), default=float("nan")),
+                p50=med([r.p50_ms for r in good]), p99=med([r.p99_ms for r in good]),
+                p99_max=max((r.p99_ms for r in good), default=float("nan")),
+                errors=sum(r.errors for r in rs),
+                requests=sum(r.requests for r in rs),
+                peak=max((r.peak_connections for r in good), default=0),
+                cpr=med([r.commands_per_request for r in good]),
+                new_conn_per_req=med([ratio(r.new_connections, r.requests) for r in good]),
+                wcpu=med([r.worker_cpu_ms_per_request for r in good]),
+                scpu=med([r.server_cpu_ms_per_request for r in good]),
+                wcpu_vs_persistent=paired(same_persistent, "worker_cpu_ms_per_request"),
+                rps_vs_stock=paired("stock", "rps"),
+                rps_vs_same_stock=paired(same_stock, "rps"),
+                rps_vs_persistent=paired(same_persistent, "rps"),
+                p99_vs_stock=paired("stock", "p99_ms"),
+                peak_vs_stock=paired("stock", "peak_connections"),
+                cpr_vs_stock=paired("stock", "commands_per_request"),
+                notes=sorted({r.note.strip() for r in rs if r.note.strip()}),
+            )
+    return out
+
+
+def targets(agg: Dict[Tuple[str, str], Dict[str, Any]], micro: Optional[Dict[str, Any]]) -> List[Tuple[str, str, str]]:
+    rows: List[Tuple[str, str, str]] = []
+
+    def verdict(ok: Optional[bool], floor_ok: Optional[bool] = None) -> str:
+        if ok is None:
+            return "not measured"
+        if ok:
+            return "PASS"
+        if floor_ok:
+            return "below target, above floor"
+        return "FAIL"
+
+    for ck, base in (("autopool", "persistent"), ("autopool-pymysql", "persistent-pymysql")):
+        for wk in ("item", "item-think"):
+            a = agg.get((ck, wk))
+            if not a:
+                continue
+            r = a["rps_vs_persistent"]
+            ok = None if r != r else r >= 1.0
+            rows.append((f"{ck} req/s >= 1.0x {base} (floor 0.9x), {wk}", fmtx(r),
+                         verdict(ok, None if r != r else r >= 0.9)))
+            c = a["wcpu_vs_persistent"]
+            if c == c:
+                rows.append((f"(diagnostic) {ck} worker CPU per request vs {base}, {wk}", fmtx(c),
+                             "lower is better"))
+    for ck in ("autopool", "autopool-pymysql"):
+        for wk in ("item", "item-think"):
+            a = agg.get((ck, wk))
+            if a:
+                c = a["cpr"]
+                rows.append((f"{ck} commands/request <= 1.05, {wk}", fmt(c, 3), verdict(None if c != c else c <= 1.05)))
+    for ck in ("autopool", "autopool-pymysql"):
+        a = agg.get((ck, "sleep50"))
+        if a:
+            r = a["rps"]
+            rows.append((f"{ck} /sleep?ms=50 with pool_size=10 >= 160 req/s (0.8 x 200)", fmt(r, 1),
+                         verdict(None if r != r else r >= 160)))
+    for ck in ("autopool", "autopool-pymysql"):
+        worst = [agg[(ck, wk)]["p99_max"] for wk in WORKLOADS if (ck, wk) in agg]
+        worst = [w for w in worst if w == w]
+        if worst:
+            rows.append((f"{ck} p99 <= 1 s (worst run, all workloads)", f"{fmt(max(worst), 1)} ms",
+                         verdict(max(worst) <= 1000)))
+    if micro:
+        for drv, m in micro.get("drivers", {}).items():
+            r = m.get("django_vs_select1")
+            if r is not None:
+                rows.append((f"checkout+return <= 0.5x SELECT 1 ({drv})", f"{r:.2f}x", verdict(r <= 0.5)))
+    return rows
+
+
+def write_report(path: Path, results: List[RunResult], configs: List[str], workloads: List[str],
+                 args: argparse.Namespace, server_version: str, micro: Optional[Dict[str, Any]],
+                 chart: Optional[str], elapsed: float) -> str:
+    agg = aggregate(results, configs, workloads)
+    reps = len({r.rep for r in results})
+    lines = [
+        "# autopool HTTP benchmark",
+        "",
+        f"- Date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; wall time {elapsed:.0f} s; command: "
+        f"`python bench/run.py {' '.join(sys.argv[1:])}`",
+        f"- Machine: {os.cpu_count()} CPUs; Python {sys.version.split()[0]}; server {server_version}; "
+        f"{_versions()}; autopool at git {_git_state()}",
+        f"- Load average (1/5/15 min) at the start: {args.load_before}; at the end: {_loadavg()} "
+        "(anything above 0 besides this benchmark is other work competing for the same CPUs).",
+        f"- Load: `wrk -c {CONNECTIONS} -t {THREADS} -d {args.duration}s --latency --timeout 10s` against "
+        f"`gunicorn -k gevent -w 1 --worker-connections 1000` (one process), a fresh gunicorn per run, "
+        f"{reps} repetition(s) interleaved; wrk, gunicorn and MariaDB share the machine's CPUs.",
+        f"- autopool: POOL = pool_size {POOL_SIZE}, max_overflow 0, timeout 30"
+        + (f", plus {args.pool_options}" if args.pool_options else "") + "; CONN_MAX_AGE 0.",
+        "- req/s counts responses with a 2xx/3xx status; values are medians over repetitions; ratios are "
+        "taken within the same repetition, then the median; peak conns is the highest `Threads_connected` "
+        "(sampled every 50 ms, sampler excluded); commands/request is the server's `Questions` + "
+        "`Com_admin_commands` (pings) delta over the run divided by wrk's completed requests, the "
+        "sampler's own statements excluded; worker/server CPU ms/req is the gunicorn worker's (MariaDB's) "
+        "user+system CPU time over the run divided by the requests, a measure that machine load barely "
+        "disturbs.",
+        "",
+    ]
+    for wk in workloads:
+        w = WORKLOADS[wk]
+        lines += [f"## {w.label}", "",
+                  "| configuration | driver | req/s | p50 ms | p99 ms | errors | peak conns | commands/req "
+                  "| new conns/req | worker CPU ms/req | server CPU ms/req | req/s vs stock "
+                  "| req/s vs persistent (same driver) | worker CPU vs persistent | p99 vs stock "
+                  "| conns vs stock | commands vs stock |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for ck in configs:
+            a = agg[(ck, wk)]
+            c = CONFIGS[ck]
+            failed = f" ({a['failed']}/{a['runs']} runs failed)" if a["failed"] else ""
+            spread = f" ({fmt(a['rps_min'])}-{fmt(a['rps_max'])})" if reps > 1 and a['rps'] == a['rps'] else ""
+            lines.append(
+                f"| {c.label}{failed} | {c.driver} | {fmt(a['rps'])}{spread} | {fmt(a['p50'], 1)} | "
+                f"{fmt(a['p99'], 1)} | {a['errors']} | {a['peak']} | {fmt(a['cpr'], 2)} | "
+                f"{fmt(a['new_conn_per_req'], 2)} | {fmt(a['wcpu'], 3)} | {fmt(a['scpu'], 3)} | "
+                f"{fmtx(a['rps_vs_stock'])} | {fmtx(a['rps_vs_persistent'])} | {fmtx(a['wcpu_vs_persistent'])} | "
+                f"{fmtx(a['p99_vs_stock'])} | {fmtx(a['peak_vs_stock'])} | {fmtx(a['cpr_vs_stock'])} |")
+        notes = [f"{ck}: {'; '.join(agg[(ck, wk)]['notes'])}" for ck in configs if agg[(ck, wk)]['notes']]
+        if notes:
+            lines += [""] + [f"- note: {n}" for n in notes]
+        lines.append("")
+    lines += ["## Targets", "", "| target | measured | verdict |", "|---|---:|---|"]
+    for name, value, verdict in targets(agg, micro):
+        lines.append(f"| {name} | {value} | {verdict} |")
+    lines.append("")
+    if micro:
+        lines += ["## Micro benchmark (`bench/micro.py`)", "", micro.get("markdown", ""), ""]
+    pool_rows = [r for r in results if r.pool_stats]
+    if pool_rows:
+        lines += ["## autopool counters after each run (worker's `autopool.stats()`)", "",
+                  "| run | opened | closed | invalidated | checkouts | waits | mean wait ms | max wait ms "
+                  "| timeouts | rollbacks on return | leaks |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in pool_rows:
+            for p in r.pool_stats or []:
+                mean_wait = 1000 * p.get("wait_time_total", 0) / p["waits"] if p.get("waits") else 0
+                lines.append(
+                    f"| {r.config} {r.workload} #{r.rep + 1} | {p.get('connections_opened')} | "
+                    f"{p.get('connections_closed')} | {p.get('connections_invalidated')} | {p.get('checkouts')} | "
+                    f"{p.get('waits')} | {mean_wait:.1f} | {1000 * p.get('wait_time_max', 0):.1f} | "
+                    f"{p.get('timeouts')} | {p.get('rollbacks_on_return')} | {p.get('leaks')} |")
+        lines.append("")
+    lines += ["## Every run", "", "| rep | workload | configuration | req/s | p50 ms | p99 ms | max ms | errors "
+              "| peak conns | questions | pings | new conns | requests | worker CPU ms/req | note |",
+              "|---:|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in results:
+        err = ", ".join(f"{k} {v}" for k, v in r.error_detail.items()) or "0"
+        lines.append(f"| {r.rep + 1} | {r.workload} | {r.config} | {fmt(r.rps)} | {fmt(r.p50_ms, 1)} | "
+                     f"{fmt(r.p99_ms, 1)} | {fmt(r.max_ms, 1)} | {err} | {r.peak_connections} | {r.questions} | "
+                     f"{r.admin_commands} | {r.new_connections} | {r.requests} | "
+                     f"{fmt(r.worker_cpu_ms_per_request, 3)} | {r.note.strip()} |")
+    lines.append("")
+    lines.append(f"![chart]({chart})" if chart else
+                 "Chart skipped: matplotlib is not installed (`pip install matplotlib` for bench/results/latest.png).")
+    lines.append("")
+    text = "\n".join(lines)
+    path.write_text(text)
+    return text
+
+
+def _git_state() -> str:
+    try:
+        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "autopool"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (rev or "no commit") + (" with local changes to autopool/" if dirty else "")
+
+
+def _loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def _versions() -> str:
+    out = []
+    for mod, name in (("django", "Django"), ("sqlalchemy", "SQLAlchemy"), ("gevent", "gevent"),
+                      ("gunicorn", "gunicorn"), ("MySQLdb", "mysqlclient"), ("pymysql", "PyMySQL")):
+        try:
+            m = __import__(mod)
+            v = getattr(m, "__version__", None)
+            if mod == "MySQLdb":
+                v = ".".join(str(x) for x in m.version_info[:3])
+            if mod == "pymysql":
+                v = ".".join(str(x) for x in m.VERSION[:3])
+            out.append(f"{name} {v}")
+        except Exception:  # noqa: BLE001
+            pass
+    return ", ".join(out)
+
+
+def make_chart(path: Path, results: List[RunResult], configs: List[str], workloads: List[str]) -> Optional[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    agg = aggregate(results, configs, workloads)
+    metrics = (("rps", "requests/s (higher is better)"), ("p99", "p99 latency, ms (lower is better)"),
+               ("peak", "peak server connections"), ("cpr", "server commands per request"))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4.5))
+    width = 0.8 / max(len(configs), 1)
+    for ax, (metric, title) in zip(axes, metrics):
+        for i, ck in enumerate(configs):
+            vals = [agg[(ck, wk)][metric] for wk in workloads]
+            vals = [0 if v != v else v for v in vals]
+            xs = [j + (i - (len(configs) - 1) / 2) * width for j in range(len(workloads))]
+            ax.bar(xs, vals, width, label=f"{ck}")
+        ax.set_xticks(range(len(workloads)))
+        ax.set_xticklabels(workloads)
+        ax.set_title(title, fontsize=10)
+        if metric in ("p99",):
+            ax.set_yscale("log")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("autopool vs stock Django (gunicorn -k gevent -w 1, wrk -c 100)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path.name
+
+
+# --------------------------------------------------------------------------- micro
+
+def run_micro(server: Server, quick: bool) -> Optional[Dict[str, Any]]:
+    env = server_env(server)
+    out = RESULTS / "micro.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "micro.py"), "--json", str(out)]
+    if quick:
+        cmd.append("--quick")
+    proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    text = proc.stdout.decode(errors="replace")
+    print(text)
+    if proc.returncode:
+        return {"markdown": f"micro.py failed ({proc.returncode}):\n\n```\n{text[-3000:]}\n```", "drivers": {}}
+    return json.loads(out.read_text())
+
+
+# --------------------------------------------------------------------------- main
+
+def demo_report(results: List[RunResult], configs: List[str]) -> str:
+    agg = aggregate(results, configs, ["item"])
+    rows = [("", "req/s", "p99 latency", "peak server conns", "commands/request", "new conns/request")]
+    for ck in configs:
+        a = agg[(ck, "item")]
+        rows.append((CONFIGS[ck].label, fmt(a["rps"]), f"{fmt(a['p99'], 1)} ms", str(a["peak"]),
+                     fmt(a["cpr"], 2), fmt(a["new_conn_per_req"], 2)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = []
+    for n, r in enumerate(rows):
+        out.append("  " + "  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)))
+        if n == 0:
+            out.append("  " + "  ".join("-" * w for w in widths))
+    if "autopool" in configs:
+        a = agg[("autopool", "item")]
+        out.append("")
+        for base in ("stock", "persistent"):
+            if base in configs:
+                s = agg[(base, "item")]
+                out.append(f"  autopool vs {base + ':':<11} {fmt(ratio(a['rps'], s['rps']), 2)}x requests/s, "
+                           f"{fmt(ratio(a['p99'], s['p99']), 2)}x p99 latency, "
+                           f"{a['peak']} vs {s['peak']} server connections, "
+                           f"{fmt(a['cpr'], 2)} vs {fmt(s['cpr'], 2)} server commands per request")
+    errors = {ck: agg[(ck, 'item')]['errors'] for ck in configs if agg[(ck, 'item')]['errors']}
+    if errors:
+        out.append(f"  errors: {errors}")
+    return "\n".join(out)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one repetition of 5 s per run")
+    parser.add_argument("--demo", action="store_true",
+                        help="short demo: stock, stock persistent and autopool (mysqlclient) on /item, with progress bars")
+    parser.add_argument("--duration", type=int, help="seconds of load per run (default 10, --quick 5, --demo 5)")
+    parser.add_argument("--repeats", type=int, help="repetitions (default 3, --quick/--demo 1)")
+    parser.add_argument("--configs", help=f"comma-separated subset of {','.join(CONFIGS)}")
+    parser.add_argument("--workloads", help=f"comma-separated subset of {','.join(WORKLOADS)}")
+    parser.add_argument("--pool-options", help='extra POOL options for the autopool configs, JSON, e.g. '
+                                               '\'{"cooperative": true}\'')
+    parser.add_argument("--no-micro", action="store_true", help="skip bench/micro.py")
+    parser.add_argument("--output", default=str(RESULTS / "latest.md"), help="Markdown report path")
+    args = parser.parse_args(argv)
+
+    if args.demo:
+        configs = ["stock", "persistent", "autopool"]
+        workloads = ["item"]
+        args.duration = args.duration or 5
+        args.repeats = args.repeats or 1
+        args.no_micro = True
+    else:
+        configs = list(DEFAULT_CONFIGS)
+        workloads = list(WORKLOADS)
+        args.duration = args.duration or (5 if args.quick else 10)
+        args.repeats = args.repeats or (1 if args.quick else 3)
+    if args.configs:
+        configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    if args.workloads:
+        workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    for c in configs:
+        if c not in CONFIGS:
+            parser.error(f"unknown configuration {c!r}; choose from {', '.join(CONFIGS)}")
+    for w in workloads:
+        if w not in WORKLOADS:
+            parser.error(f"unknown workload {w!r}; choose from {', '.join(WORKLOADS)}")
+    if args.pool_options:
+        json.loads(args.pool_options)
+    if shutil.which("wrk") is None:
+        print("bench: wrk not found: run `bash scripts/bootstrap.sh` or `apt-get install wrk`", file=sys.stderr)
+        return 2
+
+    # SIGINT too: a shell starting this in the background leaves SIGINT ignored, and Python then
+    # keeps it ignored; Ctrl-C, kill -INT, SIGTERM and a closed terminal must all stop everything.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupt)
+    started = time.monotonic()
+    args.load_before = _loadavg()
+    progress = args.demo or sys.stderr.isatty()
+    tmp = Path(tempfile.mkdtemp(prefix="autopool-bench-"))
+    CLEANUP.push("temporary files", lambda: shutil.rmtree(tmp, ignore_errors=True))
+    results: List[RunResult] = []
+    try:
+        log("bench: starting MariaDB ..." if not os.environ.get("AUTOPOOL_TEST_MYSQL_HOST")
+            else f"bench: using the server at {os.environ['AUTOPOOL_TEST_MYSQL_HOST']}")
+        server = Server.from_env_or_start()
+        CLEANUP.push("MariaDB", server.stop)
+        server_version = server.execute("SELECT VERSION()")[0][0]
+        log(f"bench: {server_version} on port {server.port}; creating {DB_NAME}, migrating, seeding {SEED_ROWS} rows")
+        prepare_database(server)
+        monitor = Monitor(server)
+        CLEANUP.push("monitor connection", monitor.close)
+        total = len(configs) * len(workloads) * args.repeats
+        log(f"bench: {total} runs of {args.duration} s: configurations {', '.join(configs)}; "
+            f"workloads {', '.join(workloads)}; {args.repeats} repetition(s)")
+        n = 0
+        for rep in range(args.repeats):
+            for wk in workloads:
+                order = configs[rep % len(configs):] + configs[:rep % len(configs)]
+                for ck in order:
+                    n += 1
+                    cfg, workload = CONFIGS[ck], WORKLOADS[wk]
+                    if not progress:
+                        log(f"bench: [{n}/{total}] rep {rep + 1} {wk} {ck} ...")
+                    r = one_run(server, monitor, cfg, workload, rep, args.duration, tmp, progress,
+                                args.pool_options)
+                    results.append(r)
+                    log(f"    {ck:<20} {wk:<11} {fmt(r.rps):>7} req/s  p50 {fmt(r.p50_ms, 1):>7} ms  "
+                        f"p99 {fmt(r.p99_ms, 1):>7} ms  errors {r.errors:>5}  peak conns {r.peak_connections:>4}  "
+                        f"commands/req {fmt(r.commands_per_request, 2):>5}  "
+                        f"cpu ms/req {fmt(r.worker_cpu_ms_per_request, 3)}  {r.note}")
+        if args.demo:
+            print("\nResult (one gunicorn gevent worker, wrk -c 100, /item/<random id>):\n")
+            print(demo_report(results, configs))
+            print()
+            return 0
+        micro = None if args.no_micro else run_micro(server, args.quick)
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        chart = make_chart(out.with_suffix(".png"), results, configs, workloads)
+        (out.with_suffix(".json")).write_text(json.dumps(
+            {"args": vars(args), "results": [r.__dict__ for r in results], "micro": micro}, indent=1, default=str))
+        text = write_report(out, results, configs, workloads, args, server_version, micro, chart,
+                            time.monotonic() - started)
+        print(text)
+        log(f"bench: wrote {out} in {time.monotonic() - started:.0f} s")
+        return 0
+    except KeyboardInterrupt:
+        print("\nbench: interrupted; stopping what was started ...", file=sys.stderr)
+        return 130
+    finally:
+        CLEANUP.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
