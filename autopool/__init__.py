@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from .errors import PoolClosed, PoolError, PoolTimeout, TooManyWaiters
+from .errors import NoHealthyHost, PoolClosed, PoolError, PoolTimeout, TooManyWaiters
 from .patch import install, is_installed, uninstall
 
 __version__ = "0.1.0"
 
 __all__ = [
     "install", "uninstall", "is_installed", "dispose", "stats",
-    "PoolError", "PoolTimeout", "TooManyWaiters", "PoolClosed", "__version__",
+    "PoolError", "PoolTimeout", "TooManyWaiters", "PoolClosed", "NoHealthyHost", "__version__",
 ]
 
 

@@ -17,6 +17,8 @@ class AutopoolConfig(AppConfig):
     def ready(self) -> None:
         from django.core import checks
 
-        from .checks import TAG, check_pools
+        from .checks import TAG, check_fleet, check_pools
 
         checks.register(check_pools, TAG)
+        # Connects: returns nothing unless database checks were asked for (``check --database``).
+        checks.register(check_fleet, TAG)

@@ -7,9 +7,18 @@ Registered by ``autopool.apps.AutopoolConfig`` under the tag ``autopool``:
   in this process, so the alias is not pooled here;
 * ``autopool.W002`` ``CONN_MAX_AGE != 0`` on a pooled alias;
 * ``autopool.W003`` ``POOL`` on a backend autopool does not patch;
-* ``autopool.I001`` ``AUTOPOOL_ENABLED`` turns pooling off while ``POOL`` is set.
+* ``autopool.I001`` ``AUTOPOOL_ENABLED`` turns pooling off while ``POOL`` is set;
+* ``autopool.E010`` a multi-host alias (``POOL["hosts"]``) without
+  ``connect_timeout`` and ``read_timeout`` in ``OPTIONS``;
+* ``autopool.E011`` ``replica_of`` naming no ``DATABASES`` alias.
 
-They read settings only: no connection is opened. Messages name the alias and
+They read settings only: no connection is opened. The fleet-sizing check
+(``check_fleet``) does connect, so it does nothing unless Django asks for
+database checks (``manage.py check --database default``, ``migrate``, the
+test runner): ``autopool.W010`` when ``AUTOPOOL_PROCESSES`` processes
+(environment or setting, default 1) do not fit in a server's free
+``max_connections``, counting every host of every pooled alias;
+``autopool.W011`` when a host cannot be queried. Messages name the alias and
 the option, never a connection parameter such as the password.
 """
 from __future__ import annotations
@@ -60,6 +69,8 @@ def check_databases(databases: Mapping[str, Mapping[str, Any]], *, installed: bo
             messages.append(checks.Error(
                 f"DATABASES[{alias!r}]['POOL'] could not be parsed: {type(exc).__name__}: {exc}",
                 obj=obj, id="autopool.E001"))
+        else:
+            messages.extend(_cluster_problems(alias, db, databases))
         engine_msg = _engine_problem(alias, db.get("ENGINE"))
         if engine_msg:
             messages.append(checks.Warning(engine_msg, obj=obj, id="autopool.W003",
@@ -123,3 +134,78 @@ def _engine_problem(alias: str, engine: Optional[str]) -> Optional[str]:
     return (f"DATABASES[{alias!r}] has a POOL setting, but autopool only pools "
             f"{MYSQL_ENGINE} (and backends subclassing its DatabaseWrapper); ENGINE "
             f"{engine!r} ignores it.")
+
+
+def _cluster_problems(alias: str, db: Mapping[str, Any],
+                      databases: Mapping[str, Mapping[str, Any]]) -> List[checks.CheckMessage]:
+    """E010/E011 for an alias whose POOL parses."""
+    cfg = config_mod.parse(alias, db["POOL"])
+    obj = f"DATABASES[{alias!r}]"
+    found: List[checks.CheckMessage] = []
+    try:
+        config_mod.check_hosts_options(alias, cfg, db.get("OPTIONS") or {})
+    except ImproperlyConfigured as exc:
+        found.append(checks.Error(str(exc), obj=obj, id="autopool.E010",
+                                  hint="See docs/clusters.rst in autopool's documentation."))
+    if cfg.replica_of is not None and cfg.replica_of not in databases:
+        found.append(checks.Error(
+            f"DATABASES[{alias!r}]['POOL']['replica_of'] is {cfg.replica_of!r}, which is not a DATABASES "
+            f"alias (aliases: {', '.join(databases)}).", obj=obj, id="autopool.E011"))
+    return found
+
+
+def processes_setting() -> int:
+    """``AUTOPOOL_PROCESSES`` (the environment wins over the setting): processes sharing the servers."""
+    from django.conf import settings
+
+    raw = os.environ.get("AUTOPOOL_PROCESSES", getattr(settings, "AUTOPOOL_PROCESSES", 1))
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise ImproperlyConfigured(f"AUTOPOOL_PROCESSES must be a positive integer, got {raw!r}") from None
+    if value < 1:
+        raise ImproperlyConfigured(f"AUTOPOOL_PROCESSES must be a positive integer, got {raw!r}")
+    return value
+
+
+def check_fleet(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> List[checks.CheckMessage]:
+    """Fleet sizing against the live servers (a database check: runs only when databases are given)."""
+    if not databases:
+        return []
+    from django.conf import settings
+
+    from . import fleet
+
+    if not fleet.pooled_aliases(settings.DATABASES):
+        return []
+    try:
+        processes = processes_setting()
+    except ImproperlyConfigured as exc:
+        return [checks.Error(str(exc), id="autopool.E012")]
+    servers, problems = fleet.survey(settings.DATABASES)
+    messages: List[checks.CheckMessage] = []
+    for alias, address, message in problems:
+        if "cannot query" not in message:
+            continue  # a POOL that does not parse is E001's
+        where = f" ({address})" if address else ""
+        messages.append(checks.Warning(
+            f"DATABASES[{alias!r}]{where}: {message}; its share of the server's connections is not checked.",
+            obj=f"DATABASES[{alias!r}]", id="autopool.W011"))
+    for server in servers.values():
+        info, numbers = server["info"], fleet.fit(server, processes)
+        members = ", ".join(repr(m[0]) for m in server["members"])
+        if numbers["unbounded"]:
+            messages.append(checks.Warning(
+                f"{info['address']}: max_overflow=-1 on {', '.join(repr(a) for a in numbers['unbounded'])} "
+                f"lets the pool open connections without limit; it cannot be checked against "
+                f"max_connections={info['max_connections']}.", id="autopool.W010",
+                hint="Set a bounded max_overflow."))
+        elif not numbers["fits"]:
+            messages.append(checks.Warning(
+                f"{info['address']}: {processes} process(es) x {numbers['per_process']} connections "
+                f"(pool_size + max_overflow of {members}) = {numbers['needed']} do not fit in the "
+                f"{numbers['free']} free of max_connections={info['max_connections']} "
+                f"({info['threads_connected']} in use).", id="autopool.W010",
+                hint="Lower pool_size/max_overflow, run fewer processes (AUTOPOOL_PROCESSES is the number "
+                     "of processes sharing these servers), or raise max_connections."))
+    return messages

@@ -95,6 +95,23 @@ OPTIONS: Tuple[Option, ...] = (
     Option("reset_session", False,
            "Reset the server session on return (COM_RESET_CONNECTION): user variables, temporary "
            "tables, SET SESSION changes, table and named locks. One round trip per return."),
+    Option("hosts", None,
+           "Several servers for this alias (a Galera cluster), as 'host:port' strings (port defaults to "
+           "PORT, else 3306); one pool spans them and its caps apply to the sum. Needs connect_timeout "
+           "and read_timeout in OPTIONS. See docs/clusters.rst."),
+    Option("host_policy", "failover",
+           "With hosts: 'failover' (new connections go to the first healthy host in list order, and "
+           "back once an earlier host is healthy again) or 'round_robin' (spread over healthy hosts)."),
+    Option("host_down_backoff", 1.0,
+           "With hosts: seconds a failed host is avoided before it is probed again; doubles after each "
+           "failed probe, up to host_down_backoff_max."),
+    Option("host_down_backoff_max", 10.0, "With hosts: the longest back-off, in seconds."),
+    Option("replica_of", None,
+           "Alias of the primary this alias replicates: autopool.routers.ReplicaRouter may send that "
+           "primary's reads here."),
+    Option("max_replica_lag", 5.0,
+           "With replica_of: reads use this replica only while its replication lag, checked every "
+           "second by the housekeeping task, is below this many seconds (unknown lag: not used)."),
 )
 OPTION_NAMES = tuple(o.name for o in OPTIONS)
 _DEFAULTS = {o.name: o.default for o in OPTIONS}
@@ -128,6 +145,13 @@ class PoolConfig:
     leak_detection_threshold: Optional[float] = None
     reset_session: bool = False
     preset: Optional[str] = None
+    # ((host, port or None), ...) once parsed; None: the alias's HOST/PORT only.
+    hosts: Optional[Tuple[Tuple[str, Optional[int]], ...]] = None
+    host_policy: str = "failover"
+    host_down_backoff: float = 1.0
+    host_down_backoff_max: float = 10.0
+    replica_of: Optional[str] = None
+    max_replica_lag: float = 5.0
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -260,8 +284,84 @@ def parse(alias: str, setting: Any) -> PoolConfig:
     if isinstance(core, int) and core > o["pool_size"] and o["max_overflow"] == 0:
         raise _fail(alias, "django_core_pool_size", f"{core} exceeds pool_size {o['pool_size']} "
                     "with max_overflow=0")
+    _check_cluster_options(alias, o)
     o.pop("django_pool_class")
     return PoolConfig(alias=alias, pool_class=pool_class, raw=dict(o), **o)
+
+
+HOST_POLICIES = ("failover", "round_robin")
+# What a multi-host alias needs in DATABASES[alias]["OPTIONS"]: without them a dead or frozen host
+# holds a request for the kernel's TCP timeouts (minutes) instead of being given up.
+HOSTS_REQUIRED_OPTIONS = ("connect_timeout", "read_timeout")
+
+
+def parse_host(alias: str, value: Any) -> Tuple[str, Optional[int]]:
+    """``"db1:3306"``, ``"db1"``, ``"[::1]:3306"`` or ``("db1", 3306)`` -> ``("db1", 3306)``."""
+    host: Any
+    port: Any = None
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        host, port = value
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            host, _, rest = text[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else (rest or None)
+        elif text.count(":") == 1:
+            host, port = text.split(":")
+        else:
+            host = text  # a name, an IPv4 address or a bare IPv6 address
+    else:
+        raise _fail(alias, "hosts", f"expected 'host:port' strings or (host, port) pairs, got {value!r}")
+    if not isinstance(host, str) or not host.strip() or host.startswith("/"):
+        raise _fail(alias, "hosts", f"invalid host in {value!r}: expected a host name or address "
+                                    "(unix sockets cannot be used with hosts)")
+    if port is not None and port != "":
+        try:
+            port = int(port)
+        except (TypeError, ValueError):
+            port = -1
+        if isinstance(value, (tuple, list)) and isinstance(value[1], bool) or not 0 < port < 65536:
+            raise _fail(alias, "hosts", f"invalid port in {value!r}: expected 1-65535")
+    else:
+        port = None
+    return host.strip(), port
+
+
+def _check_cluster_options(alias: str, o: Dict[str, Any]) -> None:
+    hosts = o["hosts"]
+    if hosts is not None:
+        if isinstance(hosts, (str, bytes)) or not isinstance(hosts, (list, tuple)) or not hosts:
+            raise _fail(alias, "hosts", f"expected a non-empty list of 'host:port' strings, got {hosts!r}")
+        parsed = tuple(parse_host(alias, h) for h in hosts)
+        if len(set(parsed)) != len(parsed):
+            raise _fail(alias, "hosts", f"duplicate host in {list(hosts)!r}")
+        o["hosts"] = parsed
+    _check_choice(alias, "host_policy", o["host_policy"], HOST_POLICIES)
+    _check_number(alias, "host_down_backoff", o["host_down_backoff"], minimum=0)
+    _check_number(alias, "host_down_backoff_max", o["host_down_backoff_max"], minimum=0)
+    if o["host_down_backoff_max"] < o["host_down_backoff"]:
+        raise _fail(alias, "host_down_backoff_max", f"{o['host_down_backoff_max']!r} is below "
+                    f"host_down_backoff={o['host_down_backoff']!r}")
+    replica_of = o["replica_of"]
+    if replica_of is not None and (not isinstance(replica_of, str) or not replica_of or replica_of == alias):
+        raise _fail(alias, "replica_of", f"expected the alias of another DATABASES entry, got {replica_of!r}")
+    _check_number(alias, "max_replica_lag", o["max_replica_lag"], minimum=0)
+
+
+def check_hosts_options(alias: str, cfg: PoolConfig, options: Mapping[str, Any]) -> None:
+    """A multi-host alias must bound connects and reads: ImproperlyConfigured naming what is missing.
+
+    ``options`` is ``DATABASES[alias]["OPTIONS"]`` or the connection parameters built from it.
+    """
+    if cfg.hosts is None:
+        return
+    missing = [k for k in HOSTS_REQUIRED_OPTIONS if not options.get(k)]
+    if missing:
+        raise ImproperlyConfigured(
+            f"DATABASES[{alias!r}]['POOL']['hosts'] needs {' and '.join(repr(k) for k in missing)} in "
+            f"DATABASES[{alias!r}]['OPTIONS'] (seconds, e.g. {{'connect_timeout': 2, 'read_timeout': 30}}): "
+            "without them a dead or frozen host holds requests for the kernel's TCP timeouts instead of "
+            "failing over.")
 
 
 def _explicit_keys(setting: Any) -> Tuple[str, ...]:

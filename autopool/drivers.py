@@ -142,7 +142,12 @@ class _Native:
         self.verified = False
 
     def handle(self, conn: Any) -> int:
-        return self._capsule_pointer(conn._get_native_connection(), b"_mysql.connection.native_connection")
+        # Stable for the life of the connection: fetched once, kept on it.
+        handle = conn.__dict__.get("_autopool_handle")
+        if handle is None:
+            handle = conn.__dict__["_autopool_handle"] = self._capsule_pointer(
+                conn._get_native_connection(), b"_mysql.connection.native_connection")
+        return handle
 
     def status(self, conn: Any) -> Optional[int]:
         value = ctypes.c_uint(0)

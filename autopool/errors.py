@@ -23,3 +23,7 @@ class TooManyWaiters(PoolError):
 
 class PoolClosed(PoolError):
     """The pool was disposed while a request waited for it."""
+
+
+class NoHealthyHost(PoolError):
+    """Every host of a multi-host alias (``POOL["hosts"]``) failed within the pool's ``timeout``."""

@@ -7,11 +7,17 @@ and ``read_query_result()``; waiting for the socket in between with gevent's
 ``wait_read`` lets the hub run other greenlets meanwhile. Results, errors and
 multi-statement handling stay mysqlclient's own: only the wait changes.
 
-Still blocking (and why pooling makes it rare): connecting and the TLS
-handshake (once per physical connection), ``ping``/``commit``/``rollback``
-(short server work), and ``next_result()`` of multi-statement queries (the
-next result may already sit in the client library's buffer, where a socket
-wait would never wake).
+Connecting (TCP, handshake, TLS, authentication) runs in gevent's thread
+pool under monkey patching, so a slow or frozen server stalls only the
+greenlet that connects. A query interrupted while it waits (``gevent.kill``,
+``gevent.Timeout``) closes its connection: its reply would otherwise be read
+by the next command.
+
+Still blocking: ``ping``/``commit``/``rollback`` (short server work),
+``next_result()`` of multi-statement queries (the next result may already sit
+in the client library's buffer, where a socket wait would never wake), and
+reading a reply once its first bytes arrived: a reply that stops mid-stream
+blocks the hub until ``read_timeout``.
 """
 from __future__ import annotations
 
@@ -91,10 +97,34 @@ def make_cooperative(conn: Any, read_timeout: Optional[float] = None) -> Any:
     return conn
 
 
+def _call(func: Callable[..., Any], args: tuple) -> Any:
+    try:
+        return True, func(*args)
+    except BaseException as exc:  # noqa: BLE001 - handed back to the calling greenlet
+        return False, exc
+
+
 def wrap_creator(connect: Callable[[], Any], conn_params: Mapping[str, Any]) -> Callable[[], Any]:
     read_timeout = conn_params.get("read_timeout")
+    off_hub = socket_patched()
 
-    def cooperative_connect() -> Any:
-        return make_cooperative(connect(), read_timeout)
+    def cooperative_connect(*args: Any) -> Any:
+        # ``args``: the parameters of one host of a multi-host alias (hosts.py), else none.
+        if off_hub:
+            # mysql_real_connect() (TCP connect, handshake, TLS, auth) blocks
+            # in C for as long as the server takes: a frozen server would
+            # stop the whole hub for connect_timeout. In gevent's thread
+            # pool (mysqlclient releases the GIL there) only this greenlet
+            # waits. Once per physical connection, so the hand-off is cheap.
+            from gevent import get_hub
+
+            ok, conn = get_hub().threadpool.apply(_call, (connect, args))
+            if not ok:
+                # Raised here, not in the worker thread: gevent would print a traceback to stderr
+                # for every failed connect (a failover probes dead hosts once a second).
+                raise conn
+        else:
+            conn = connect(*args)
+        return make_cooperative(conn, read_timeout)
 
     return cooperative_connect

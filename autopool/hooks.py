@@ -25,6 +25,7 @@ from typing import Any, Optional
 from . import config as config_mod
 from . import registry
 from .pool import LEASED_ATTR as LEASED
+from .pool import OWNER_ATTR
 from .pool import current_owner, owner_dead
 
 logger = logging.getLogger("autopool")
@@ -69,7 +70,7 @@ def get_new_connection(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -
         # copy's inherited lease is the original's business: left alone.)
         discard(stale)
     conn_params = args[0] if args else kwargs["conn_params"]
-    key = registry.params_key(conn_params, pool_setting)
+    key = registry.key_for(instance.alias, conn_params, pool_setting)
     entry = registry.get(instance.alias, key)
     if entry is None:
         entry = registry.create(instance.alias, key, pool_setting, instance.Database,
@@ -77,7 +78,8 @@ def get_new_connection(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -
     fairy = entry.pool.connect()
     conn = fairy.dbapi_connection
     rec = fairy._connection_record
-    rec.__dict__[LEASED] = _lease_owner(instance)
+    rec.__dict__[LEASED] = True
+    fairy.__dict__[OWNER_ATTR] = _lease_owner(instance)
     d[LEASE] = fairy
     d[OWNER] = id(instance)
     d[REUSED] = rec.info.get(INIT) is conn
@@ -135,8 +137,9 @@ def _creator(wrapped: Any, conn_params: dict) -> Any:
     # the pool from holding a DatabaseWrapper (and its thread's state) alive.
     func = getattr(wrapped, "__func__", wrapped)
 
-    def connect() -> Any:
-        return func(None, conn_params)
+    def connect(params: Optional[dict] = None) -> Any:
+        # ``params``: one host's parameters for a multi-host alias (hosts.py).
+        return func(None, conn_params if params is None else params)
 
     return connect
 
@@ -193,11 +196,25 @@ def close_if_health_check_failed(wrapped: Any, instance: Any, args: tuple, kwarg
 
 def _close(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
     d = instance.__dict__
-    fairy = d.pop(LEASE, None)
-    if fairy is None:
+    if LEASE not in d:
         return wrapped(*args, **kwargs)
+    try:
+        return _close_leased(wrapped, instance, args, kwargs)
+    finally:
+        # Only now: while the lease lives, the pool's abandoned-connection
+        # scan (another thread) must not take the connection being returned.
+        d.pop(HOLDER, None)
+
+
+def _close_leased(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    d = instance.__dict__
+    fairy = d.pop(LEASE)
     d.pop(REUSED, None)
-    d.pop(HOLDER, None)
+    if fairy._connection_record is None:
+        # The pool reclaimed this checkout as abandoned and closed its
+        # connection already: nothing left to return or close.
+        d.pop(OWNER, None)
+        return None
     if d.pop(OWNER, None) != id(instance):
         # A shallow copy (``copy.copy(connection)``, as Django's own tests
         # make) shares the original wrapper's lease and DB-API connection.
@@ -229,6 +246,11 @@ def release(instance: Any, fairy: Any) -> None:
         # A forked child must not touch the parent's session: keep it alive,
         # unused, with the inherited pool.
         fairy._pool._do_return_conn = lambda record: None
+        return
+    if entry.hosts is not None and entry.hosts.stale(rec):
+        # Multi-host alias: this connection's host went down, or traffic
+        # failed back to an earlier host, while it was checked out.
+        discard(fairy)
         return
     cfg = entry.config
     conn = fairy.dbapi_connection
@@ -274,3 +296,23 @@ def discard(fairy: Any) -> None:
         fairy.invalidate()
     except Exception:  # noqa: BLE001 - closing a dead connection may fail; the slot is freed anyway
         logger.debug("error while closing a connection", exc_info=True)
+
+
+def database_error_exit(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    """``DatabaseErrorWrapper.__exit__``: tell a multi-host alias's hosts about a failed query.
+
+    Installed only while a multi-host pool exists (``patch.enable_error_hook``).
+    The error itself is untouched: Django raises it as its own exception.
+    """
+    exc_value = args[1] if len(args) > 1 else kwargs.get("exc_value")
+    if exc_value is not None:
+        fairy = getattr(instance.wrapper, "__dict__", {}).get(LEASE)
+        if fairy is not None:
+            entry = getattr(fairy._pool, "autopool_entry", None)
+            hosts = entry.hosts if entry is not None else None
+            if hosts is not None:
+                try:
+                    hosts.on_error(fairy._connection_record, exc_value)
+                except Exception:  # noqa: BLE001 - never replace the request's own error
+                    logger.exception("failover bookkeeping failed for %r", entry.alias)
+    return wrapped(*args, **kwargs)

@@ -27,11 +27,19 @@ PATCHES: Tuple[Tuple[str, Callable[..., Any]], ...] = (
     ("_close", hooks._close),
 )
 
+# Django's error path: (module, class, attribute, wrapper). Applied only while
+# a multi-host pool exists (``enable_error_hook``, called by the registry), so
+# single-host aliases pay nothing per query; removed by ``uninstall()``.
+ERROR_PATCHES: Tuple[Tuple[str, str, str, Callable[..., Any]], ...] = (
+    ("django.db.utils", "DatabaseErrorWrapper", "__exit__", hooks.database_error_exit),
+)
+
 _lock = threading.RLock()
 _installed = False
 _hook_registered = False
 # (class, attribute, had its own attribute, original value)
 _applied: List[Tuple[type, str, bool, Any]] = []
+_error_applied: List[Tuple[type, str, bool, Any]] = []
 
 
 def _apply(module: Any) -> None:
@@ -90,8 +98,29 @@ def uninstall() -> None:
             else:
                 delattr(cls, name)
         _applied.clear()
+        for cls, name, own, original in reversed(_error_applied):
+            if own:
+                setattr(cls, name, original)
+            else:
+                delattr(cls, name)
+        _error_applied.clear()
     registry.dispose()
     housekeeping.stop()
+
+
+def enable_error_hook() -> None:
+    """Apply ``ERROR_PATCHES`` (idempotent; only while installed)."""
+    import importlib
+
+    with _lock:
+        if not _installed or _error_applied:
+            return
+        for module_name, class_name, name, wrapper in ERROR_PATCHES:
+            cls = getattr(importlib.import_module(module_name), class_name)
+            own = name in cls.__dict__
+            original = cls.__dict__[name] if own else None
+            wrapt.wrap_function_wrapper(cls, name, wrapper)
+            _error_applied.append((cls, name, own, original))
 
 
 def is_installed() -> bool:

@@ -52,13 +52,11 @@ def owner_dead(ref: Any) -> bool:
     return not owner.is_alive()
 
 
-def _detach_fairy(rec: _ConnectionRecord) -> bool:
-    """Cut the link between a checked-out record and its (unreachable)
-    fairy so that the fairy's garbage collection does nothing; False when
-    the fairy is already gone (its finalizer then checks the record in)."""
-    ref = rec.fairy_ref
-    fairy = ref() if ref is not None else None
-    if fairy is None:
+def _detach_fairy(rec: _ConnectionRecord, ref: Any, fairy: Any) -> bool:
+    """Cut the link between a checked-out record and its abandoned fairy so
+    that the fairy's garbage collection does nothing; False when the fairy
+    was returned or collected meanwhile (the record is then not ours)."""
+    if rec.fairy_ref is not ref:
         return False
     finalizer = getattr(fairy, "_finalizer", None)
     if finalizer is not None:  # SQLAlchemy 2.1: a weakref.finalize
@@ -86,6 +84,9 @@ HOUSEKEEPING_INTERVAL = 1.0
 
 # Record attribute set while Django holds the connection (see hooks.py).
 LEASED_ATTR = "_autopool_leased"
+# Fairy attribute: a weak reference to the checkout's owner, whose ``dead``
+# (or ``is_alive()``) says whether the connection was abandoned.
+OWNER_ATTR = "_autopool_owner"
 
 # Handed to a waiter instead of a connection: "a slot is free, open one".
 _SLOT = object()
@@ -239,7 +240,13 @@ class QueuePool(Pool):
 
     def _wait(self, waiter: _Waiter, timeout: float, final: bool = True) -> _ConnectionRecord:
         start = self._clock()
-        got = waiter.wait(timeout)
+        try:
+            got = waiter.wait(timeout)
+        except BaseException:
+            # Killed while waiting (gevent.kill, a Timeout): whatever was
+            # handed over, or the place in the queue, must not be lost.
+            self._abandon(waiter)
+            raise
         if not got:
             with self._lock:
                 # A connection handed over between the timeout and this lock
@@ -267,6 +274,17 @@ class QueuePool(Pool):
             raise PoolClosed(f"pool {self.name!r} was closed while waiting")
         return item
 
+    def _abandon(self, waiter: _Waiter) -> None:
+        with self._lock:
+            item = waiter.item
+            if item is None:  # still queued: nothing was handed over
+                self._waiters.remove(waiter)
+                return
+        if item is _SLOT:
+            self._release_slot()
+        elif item is not PoolClosed:
+            self._do_return_conn(item)
+
     def _open(self) -> _ConnectionRecord:
         """Open a connection for a slot already counted in ``_opened``."""
         try:
@@ -290,12 +308,17 @@ class QueuePool(Pool):
         how many slots were freed. Their state is unknown: never reused."""
         freed = 0
         for rec in list(self._out):
-            owner = rec.__dict__.get(LEASED_ATTR)
+            ref = rec.fairy_ref
+            fairy = ref() if ref is not None else None
+            # The owner lives on the fairy, which is created per checkout: a
+            # record returned and checked out again meanwhile has a new
+            # fairy, so an old owner can never condemn a new checkout.
+            owner = fairy.__dict__.get(OWNER_ATTR) if fairy is not None else None
             if owner is None or not owner_dead(owner):
                 continue
             # Detach the fairy first: its finalizer must never check this
             # record in a second time once the garbage collector reaches it.
-            if not _detach_fairy(rec):
+            if not _detach_fairy(rec, ref, fairy):
                 continue
             rec.__dict__.pop(LEASED_ATTR, None)
             if self._out.pop(rec, False) is not None:
@@ -368,6 +391,32 @@ class QueuePool(Pool):
     def _keep_limit(self) -> int:
         """How many connections may stay open once returned."""
         return self._pool_size
+
+    # -- eviction (multi-host aliases, see hosts.py) ----------------------------
+    def evict(self, match: Callable[[_ConnectionRecord], bool], invalidate: bool = True) -> int:
+        """Close the idle connections for which ``match(record)`` is true; return how many.
+
+        Their slots go to waiters (who open new connections) or are freed.
+        Checked-out connections are the caller's business (closed on return).
+        """
+        with self._lock:
+            victims = [item for item in self._idle if match(item[0])]
+            if not victims:
+                return 0
+            keep = [item for item in self._idle if not match(item[0])]
+            self._idle.clear()
+            self._idle.extend(keep)
+        for rec, _ in victims:
+            try:
+                if invalidate:
+                    rec.invalidate()
+                else:
+                    rec.close()
+            except Exception:  # noqa: BLE001 - the slot is freed whatever closing did
+                logger.debug("error while closing an evicted connection of %r", self.name, exc_info=True)
+            finally:
+                self._release_slot()
+        return len(victims)
 
     # -- disposal -------------------------------------------------------------
     def dispose(self) -> None:

@@ -37,7 +37,8 @@ _PUBLIC_PARAMS = ("host", "port", "database", "db", "user", "unix_socket")
 class PoolEntry:
     """One pool and what autopool keeps beside it."""
 
-    __slots__ = ("alias", "key", "config", "pool", "driver", "params", "server_data", "inherited", "counters", "__weakref__")
+    __slots__ = ("alias", "key", "config", "pool", "driver", "params", "server_data", "inherited", "counters", "hosts",
+                 "__weakref__")
 
     def __init__(self, alias: str, key: str, cfg: "config_mod.PoolConfig", pool: Any, driver: Driver,
                  params: Dict[str, Any]) -> None:
@@ -53,6 +54,8 @@ class PoolEntry:
         # Set in a forked child: the pool and its sockets belong to the parent.
         self.inherited = False
         self.counters = pool.counters
+        # A multi-host alias's hosts.HostSet (POOL["hosts"]), else None.
+        self.hosts: Any = None
 
     def __repr__(self) -> str:
         p = self.params
@@ -65,6 +68,22 @@ def params_key(conn_params: Mapping[str, Any], pool_setting: Any) -> str:
     items = sorted((k, repr(v)) for k, v in conn_params.items() if k != "conv")
     raw = repr((items, pool_setting)).encode()
     return hashlib.blake2b(raw, digest_size=16).hexdigest()
+
+
+# alias -> (copy of conn_params, copy of POOL, key): Django rebuilds conn_params
+# on every connect, and comparing them with the last ones is much cheaper than
+# digesting them again.
+_last_keys: Dict[str, Tuple[Dict[str, Any], Any, str]] = {}
+
+
+def key_for(alias: str, conn_params: Mapping[str, Any], pool_setting: Any) -> str:
+    last = _last_keys.get(alias)
+    if last is not None and last[0] == conn_params and last[1] == pool_setting:
+        return last[2]
+    key = params_key(conn_params, pool_setting)
+    setting_copy = dict(pool_setting) if isinstance(pool_setting, dict) else pool_setting
+    _last_keys[alias] = (dict(conn_params), setting_copy, key)
+    return key
 
 
 def public_params(conn_params: Mapping[str, Any]) -> Dict[str, Any]:
@@ -83,6 +102,9 @@ def create(alias: str, key: str, pool_setting: Any, database_module: Any,
            connect: Callable[[], Any], conn_params: Mapping[str, Any]) -> PoolEntry:
     """Create (once) the pool for ``alias`` with these parameters."""
     cfg = config_mod.parse(alias, pool_setting)
+    hostset = None
+    if cfg.hosts is not None:
+        config_mod.check_hosts_options(alias, cfg, conn_params)
     with _lock:
         entry = _pools.get((alias, key))
         if entry is not None:
@@ -92,9 +114,17 @@ def create(alias: str, key: str, pool_setting: Any, database_module: Any,
         driver = for_module(database_module)
         if gevent_support.wants_cooperative(cfg.cooperative, driver.name):
             connect = gevent_support.wrap_creator(connect, conn_params)
+        if cfg.hosts is not None:
+            from .hosts import HostSet
+
+            hostset = HostSet(alias, cfg, conn_params, connect)
+            connect = hostset.create_connection
         pool = build_pool(cfg, driver, connect)
         entry = PoolEntry(alias, key, cfg, pool, driver, public_params(conn_params))
         pool.autopool_entry = entry
+        if hostset is not None:
+            hostset.attach(pool)
+            entry.hosts = hostset
         _pools[(alias, key)] = entry
     for old in stale_entries:
         logger.info("connection parameters of %r changed; closing its previous pool", alias)
@@ -104,6 +134,11 @@ def create(alias: str, key: str, pool_setting: Any, database_module: Any,
     from . import housekeeping
 
     housekeeping.register(pool)
+    if hostset is not None:
+        from .patch import enable_error_hook
+
+        housekeeping.register(hostset)  # probes down hosts
+        enable_error_hook()  # Django's error path reports connection errors to the hosts
     return entry
 
 
@@ -174,6 +209,8 @@ def _close_entry(entry: PoolEntry) -> None:
     from . import housekeeping
 
     housekeeping.unregister(entry.pool)
+    if entry.hosts is not None:
+        housekeeping.unregister(entry.hosts)
     close = getattr(entry.pool, "close", None)
     if close is not None and isinstance(entry.pool, QueuePool):
         close()

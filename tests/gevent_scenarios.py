@@ -122,7 +122,7 @@ def scenario_cap(args):
         "done": len(done), "elapsed": elapsed, "max_db_conns": max(s[0] for s in samples),
         "max_threads_connected": max(s[1] for s in samples), "baseline_threads": baseline,
         "samples": len(samples), "waiting_seen": waiting_now, "ticks_while_waiting": waiting_ticks[0],
-        "checked_out_after": pool.checkedout(), "opened_after": pool.opened(),
+        "checked_out_after": pool.checkedout(), "opened_after": pool.opened(), "leaks": pool.counters.leaks,
         "errors": [repr(g.exception) for g in workers if g.exception is not None][:3],
     }
 

@@ -98,3 +98,11 @@ def test_greenlets_that_forget_to_close_do_not_shrink_the_pool(scenario):
     assert r["reclaimed_in"] < 3
     assert r["leaks"] == 4
     assert r["leak_logs"] and "'default'" in r["leak_logs"][0]
+
+
+def test_an_always_full_pool_never_reclaims_live_checkouts(scenario):
+    """Reclaim runs on every wait when the pool is exhausted: it must only ever
+    take connections whose owner really ended."""
+    r = scenario("cap", greenlets=600)
+    assert r["errors"] == [] and r["done"] == 600
+    assert r["leaks"] == 0

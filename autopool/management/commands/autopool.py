@@ -7,9 +7,10 @@
   ``call_command("autopool", "stats")``) inside it, or scrape the Prometheus
   exporter.
 * ``dispose [alias]`` closes this process's pools (``autopool.dispose``).
-* ``check-server [--processes N]`` asks each pooled alias's server for
-  ``max_connections`` and ``Threads_connected`` and checks that N processes,
-  each filling every pool that reaches that server, fit. Exit status 1 when
+* ``check-server [--processes N]`` asks each pooled alias's server (every
+  host of a multi-host alias, see ``autopool.fleet``) for ``max_connections``
+  and ``Threads_connected`` and checks that N processes, each filling every
+  pool that reaches that server, fit. Exit status 1 when
   something does not fit (each problem on a ``WARNING`` or ``ERROR`` line).
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 import autopool
 from autopool import config as config_mod
+from autopool import fleet
 from autopool.introspect import FIELDS
 
 
@@ -127,6 +129,17 @@ class Command(BaseCommand):
             except ImproperlyConfigured as exc:
                 self.stdout.write(f"ERROR {alias}: {exc}")
                 problems += 1
+                continue
+            if cfg.hosts is not None:
+                # A multi-host alias: every host, each counting the alias in full (after a
+                # failover all its connections may be on any one of them).
+                found, failed = fleet.survey(settings.DATABASES, [alias])
+                for _, address, message in failed:
+                    self.stdout.write(f"ERROR {alias} ({address}): {message}")
+                    problems += 1
+                for identity, found_server in found.items():
+                    server = servers.setdefault(identity, {"info": found_server["info"], "aliases": []})
+                    server["aliases"].extend(found_server["members"])
                 continue
             try:
                 info = _server_info(connections[alias])
