@@ -94,7 +94,9 @@ OPTIONS: Tuple[Option, ...] = (
            "Seconds; log once, with the checkout stack, a connection held longer than this."),
     Option("reset_session", False,
            "Reset the server session on return (COM_RESET_CONNECTION): user variables, temporary "
-           "tables, SET SESSION changes, table and named locks. One round trip per return."),
+           "tables, SET SESSION changes, table and named locks. Costs the reset plus re-applying the "
+           "connection's character set (and OPTIONS sql_mode/init_command) on return, and Django's "
+           "session set-up on the next checkout."),
     Option("hosts", None,
            "Several servers for this alias (a Galera cluster), as 'host:port' strings (port defaults to "
            "PORT, else 3306); one pool spans them and its caps apply to the sum. Needs connect_timeout "

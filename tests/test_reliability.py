@@ -12,7 +12,7 @@ used as synchronisation, and every thread, greenlet, server and proxy a test sta
 * the soak (``tests/soak.py``; ``AUTOPOOL_SOAK_SECONDS``, 20 s by default here, CI may use 120).
 
 Destructive tests (restart, ``SET GLOBAL``) run on a private server, never the shared one.
-``docs/guarantees.rst`` names the test behind each promise.
+README.rst (Guarantees and failure modes) names the test behind each promise.
 """
 from __future__ import annotations
 
@@ -543,7 +543,7 @@ def test_without_reset_session_what_leaks_is_pinned(server: Server, rel_table: s
     assert state["resets"] == 0
     # Never leaks: transactions are rolled back and autocommit is restored from the server status.
     assert state["autocommit"] == 1
-    # Leaks (documented in docs/guarantees.rst): session state lives with the server session.
+    # Leaks (documented in README.rst): session state lives with the server session.
     assert state["user_var"] == "secret-of-user-1"
     assert state["sql_mode"] == "ANSI_QUOTES"
     assert state["time_zone"] == "+05:00"
@@ -1038,13 +1038,14 @@ def test_soak(mariadb: Server) -> None:
 
 
 def test_guarantees_doc_names_only_existing_tests() -> None:
-    """docs/guarantees.rst cites a test for each promise: every cited test must exist."""
+    """README.rst's "Guarantees and failure modes" cites a test for each promise: each must exist."""
     import ast
     import re
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    doc = (root / "docs" / "guarantees.rst").read_text(encoding="utf-8")
+    readme = (root / "README.rst").read_text(encoding="utf-8")
+    doc = readme.split("Guarantees and failure modes\n", 1)[1].split("\nSizing across processes\n", 1)[0]
     cited = set(re.findall(r"``(?:(tests/test_\w+\.py)::|…::)?(test_\w+)(?:\[\w+\])?``", doc))
     assert len(cited) >= 20
     defined: Dict[str, set] = {}
@@ -1055,4 +1056,4 @@ def test_guarantees_doc_names_only_existing_tests() -> None:
         module = module or "tests/test_reliability.py"
         if module == "tests/test_reliability.py" and name not in defined[module]:
             module = next((m for m, names in defined.items() if name in names), module)
-        assert name in defined.get(module, set()), f"docs/guarantees.rst cites {module}::{name}, which does not exist"
+        assert name in defined.get(module, set()), f"README.rst cites {module}::{name}, which does not exist"
