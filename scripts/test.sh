@@ -38,6 +38,22 @@ if [ "$GALERA" != 0 ]; then
         -q -p no:cacheprovider "$@"
 fi
 
+# Django's own test suite for the database layer, stock and then with autopool installed
+# (tests/djangosuite/run.py; ~5 min). AUTOPOOL_TEST_DJANGOSUITE=0 skips it.
+if [ "${AUTOPOOL_TEST_DJANGOSUITE:-1}" != 0 ]; then
+    run "djangosuite" "$PY" -m tests.djangosuite.run --driver mysqlclient
+fi
+# The wheel, installed outside the source tree, against the same server.
+if [ "${AUTOPOOL_TEST_PACKAGE:-1}" != 0 ]; then
+    run "package" bash scripts/package_check.sh
+fi
+# A spread of the compatibility matrix: the oldest and the newest of every axis together.
+if [ "${AUTOPOOL_TEST_MATRIX:-1}" != 0 ]; then
+    run "matrix" bash scripts/matrix.sh -e py310-dj42-sa20-mysqlclient-plain,py313-dj61-sa21-pymysql-gevent \
+        -- tests/test_core.py tests/test_pool.py tests/test_config.py tests/test_overhead.py tests/test_gevent.py \
+        tests/test_elastic.py tests/test_django_wrapper_semantics.py
+fi
+
 if [ ${#failed[@]} -gt 0 ]; then
     echo "test.sh: FAILED: ${failed[*]}" >&2
     exit 1
