@@ -27,7 +27,9 @@ run() {
 GALERA=${AUTOPOOL_TEST_GALERA:-1}
 unset AUTOPOOL_TEST_GALERA
 PYTEST=(-m pytest tests -q -p no:cacheprovider "$@")
-run "mysqlclient" env AUTOPOOL_TEST_DRIVER=mysqlclient "$PY" "${PYTEST[@]}"
+# The soak (tests/soak.py) runs 2 minutes in CI on mysqlclient, 20 s otherwise.
+SOAK=${AUTOPOOL_SOAK_SECONDS:-$([ -n "${CI:-}" ] && echo 120 || echo 20)}
+run "mysqlclient" env AUTOPOOL_TEST_DRIVER=mysqlclient AUTOPOOL_SOAK_SECONDS="$SOAK" "$PY" "${PYTEST[@]}"
 run "pymysql" env AUTOPOOL_TEST_DRIVER=pymysql "$PY" "${PYTEST[@]}"
 run "mysqlclient+gevent" env AUTOPOOL_TEST_DRIVER=mysqlclient "$PY" -m gevent.monkey --module "${PYTEST[@]:1}"
 run "pymysql+gevent" env AUTOPOOL_TEST_DRIVER=pymysql "$PY" -m gevent.monkey --module "${PYTEST[@]:1}"
