@@ -171,27 +171,26 @@ def set_autocommit(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> An
     return wrapped(*args, **kwargs)
 
 
-def close(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-    d = instance.__dict__
-    if LEASE not in d:
-        return wrapped(*args, **kwargs)
-    d[CLOSING] = True
-    try:
-        return wrapped(*args, **kwargs)
-    finally:
-        d.pop(CLOSING, None)
+def _with_flag(flag: str) -> Any:
+    """A wrapper that marks a leased wrapper with ``flag`` for the call's duration."""
+
+    def wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        d = instance.__dict__
+        if LEASE not in d:
+            return wrapped(*args, **kwargs)
+        d[flag] = True
+        try:
+            return wrapped(*args, **kwargs)
+        finally:
+            d.pop(flag, None)
+
+    return wrapper
 
 
-def close_if_health_check_failed(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-    d = instance.__dict__
-    if LEASE not in d:
-        return wrapped(*args, **kwargs)
-    # The only close() this method makes follows a failed is_usable().
-    d[DISTRUST] = True
-    try:
-        return wrapped(*args, **kwargs)
-    finally:
-        d.pop(DISTRUST, None)
+# Inside close(), and only there, _close() may return the connection to the pool.
+close = _with_flag(CLOSING)
+# The only close() this method makes follows a failed is_usable(): never pool it.
+close_if_health_check_failed = _with_flag(DISTRUST)
 
 
 def _close(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
