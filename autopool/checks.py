@@ -146,7 +146,7 @@ def _cluster_problems(alias: str, db: Mapping[str, Any],
         config_mod.check_hosts_options(alias, cfg, db.get("OPTIONS") or {})
     except ImproperlyConfigured as exc:
         found.append(checks.Error(str(exc), obj=obj, id="autopool.E010",
-                                  hint="See docs/clusters.rst in autopool's documentation."))
+                                  hint="See 'Clusters and replicas' in autopool's README."))
     if cfg.replica_of is not None and cfg.replica_of not in databases:
         found.append(checks.Error(
             f"DATABASES[{alias!r}]['POOL']['replica_of'] is {cfg.replica_of!r}, which is not a DATABASES "

@@ -107,6 +107,13 @@ def _call(func: Callable[..., Any], args: tuple) -> Any:
 def wrap_creator(connect: Callable[[], Any], conn_params: Mapping[str, Any]) -> Callable[[], Any]:
     read_timeout = conn_params.get("read_timeout")
     off_hub = socket_patched()
+    if off_hub:
+        # MySQLdb.connect() imports MySQLdb.connections on its first call. Done first in a pool
+        # thread, that import takes importlib's module lock, which monkey patching made a gevent
+        # lock: concurrent first connects then wait on it across threads, and such a wait can
+        # hang a pool thread for good (seen under failover load). Import it here, in the hub's
+        # thread, so connects in pool threads only find modules already loaded.
+        import MySQLdb.connections  # noqa: F401
 
     def cooperative_connect(*args: Any) -> Any:
         # ``args``: the parameters of one host of a multi-host alias (hosts.py), else none.

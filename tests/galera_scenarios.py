@@ -22,6 +22,22 @@ import time  # noqa: E402
 import traceback  # noqa: E402
 
 import gevent  # noqa: E402
+import gevent.hub  # noqa: E402
+
+# Diagnosis: where a gevent hub gets created in a thread-pool worker thread (a task there touched a
+# gevent primitive; see autopool/gevent.py's connect hand-off).
+_worker_hub_stacks: list = []
+
+_hub_init = gevent.hub.Hub.__init__
+
+
+def _recording_hub_init(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    if len(_worker_hub_stacks) < 5:
+        _worker_hub_stacks.append("".join(traceback.format_stack(limit=40)))
+    _hub_init(self, *args, **kwargs)
+
+
+gevent.hub.Hub.__init__ = _recording_hub_init
 
 
 class Events(logging.Handler):
@@ -157,7 +173,7 @@ def main() -> int:
     with open(args["out"], "w") as f:
         json.dump({"records": records, "events": events.seen, "hosts": hosts.status(),
                    "alive": sum(1 for w in workers if not w.dead), "stuck": stuck,
-                   "connects": connects}, f, default=str)
+                   "connects": connects, "worker_hubs": _worker_hub_stacks[1:]}, f, default=str)
     return 0
 
 

@@ -313,6 +313,56 @@ def scenario_leak(args):
             "checked_out_after": pool.checkedout(), "leaks": pool.counters.leaks}
 
 
+def scenario_first_connects(args):
+    """Many greenlets connect at once as the process's very first connections (mysqlclient hands
+    connects to gevent's thread pool). Counts gevent hubs created in pool threads: a pool thread
+    that needs a hub touched a gevent primitive (importlib's module lock, once patched), which can
+    hang it for good."""
+    import gevent.hub
+
+    created = []
+    hub_init = gevent.hub.Hub.__init__
+    os_ident = monkey.get_original("_thread", "get_ident")
+    main_thread = os_ident()
+
+    def recording_init(self, *a, **kw):
+        if os_ident() != main_thread:
+            created.append(__import__("traceback").format_stack(limit=25))
+        hub_init(self, *a, **kw)
+
+    gevent.hub.Hub.__init__ = recording_init
+    n = args.get("greenlets", 20)
+    # Not setup(): its migrate would connect first, alone.
+    import django
+    from django.conf import settings
+
+    from tests import djsettings
+    from tests.mariadb import Server
+
+    djsettings.use_driver()
+    server = Server.from_env_or_start()
+    settings.configure(SECRET_KEY="x", INSTALLED_APPS=[], DATABASES={
+        "default": djsettings.database(server, DB, {"pool_size": n, "max_overflow": 0, "timeout": 30})})
+    import autopool
+
+    autopool.install()
+    django.setup()
+    from django.db import connection
+
+    def work(_):
+        try:
+            with connection.cursor() as cur:
+                cur.execute("SELECT 1")
+                return cur.fetchone()[0]
+        finally:
+            connection.close()
+
+    jobs = [gevent.spawn(work, i) for i in range(n)]
+    gevent.joinall(jobs, timeout=60)
+    return {"done": sum(1 for j in jobs if j.value == 1), "hubs_in_pool_threads": len(created),
+            "stacks": created}
+
+
 if __name__ == "__main__":
     name = sys.argv[1]
     params = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}

@@ -210,8 +210,9 @@ def test_failover_and_failback_through_a_cut_host(server: Any, proxies: List[Pro
         assert set(idle_hosts("mh_fo")) == {1}
 
         a.set_mode("forward")  # host 0 is back: the housekeeping probe notices, traffic moves back
-        wait_until(lambda: hosts_mod.status("mh_fo")[0]["up"], 5, "host 0 up again")
-        assert 1 not in idle_hosts("mh_fo")
+        # Marked up, then host 1's idle connections closed (fail-back).
+        wait_until(lambda: hosts_mod.status("mh_fo")[0]["up"] and 1 not in idle_hosts("mh_fo"), 5,
+                   "host 0 up again and host 1's idle connections closed")
         assert one_query(conn) == 0
 
 
