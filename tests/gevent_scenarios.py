@@ -10,10 +10,7 @@ from gevent import monkey
 
 monkey.patch_all()
 
-import json  # noqa: E402
 import logging  # noqa: E402
-import os  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 
 import gevent  # noqa: E402
@@ -364,15 +361,6 @@ def scenario_first_connects(args):
 
 
 if __name__ == "__main__":
-    name = sys.argv[1]
-    params = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
-    result = globals()["scenario_" + name](params)
-    sys.stdout.write("\n" + json.dumps(result) + "\n")
-    sys.stdout.flush()
-    from django.db import connections
+    from tests.scenario_main import main
 
-    import autopool
-
-    connections.close_all()
-    autopool.dispose()
-    os._exit(0)
+    main(globals())

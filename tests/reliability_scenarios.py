@@ -13,9 +13,8 @@ monkey.patch_all()
 
 import json  # noqa: E402
 import os  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
-from typing import Any, Callable, Dict, List, Optional  # noqa: E402
+from typing import Any, Callable, Dict, List  # noqa: E402
 
 import gevent  # noqa: E402
 from gevent.event import Event  # noqa: E402
@@ -484,15 +483,6 @@ def scenario_blackhole(args: Dict[str, Any]) -> Dict[str, Any]:
 
 
 if __name__ == "__main__":
-    name = sys.argv[1]
-    params = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
-    result = globals()["scenario_" + name](params)
-    sys.stdout.write("\n" + json.dumps(result) + "\n")
-    sys.stdout.flush()
-    from django.db import connections
+    from tests.scenario_main import main
 
-    import autopool
-
-    connections.close_all()
-    autopool.dispose()
-    os._exit(0)
+    main(globals())

@@ -10,7 +10,7 @@ import contextlib
 import copy
 import socket
 import time
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
@@ -25,15 +25,7 @@ from tests.tcpproxy import ProxyProcess
 TIMEOUTS = {"connect_timeout": 2, "read_timeout": 10}
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, message: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{message} not reached within {timeout} s")
-        time.sleep(0.01)
+from tests.scenario_main import wait_until  # noqa: E402
 
 
 def dead_port() -> int:

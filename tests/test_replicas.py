@@ -10,7 +10,7 @@ import contextlib
 import copy
 import sys
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 from django.core.signals import request_started
@@ -29,15 +29,7 @@ class PairRouter(routers.ReplicaRouter):
     default_primary = PRIMARY
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, message: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{message} not reached within {timeout} s")
-        time.sleep(0.02)
+from tests.scenario_main import wait_until  # noqa: E402
 
 
 @pytest.fixture(scope="module")
