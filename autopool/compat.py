@@ -36,8 +36,11 @@ def from_dj_db_conn_pool(databases: Dict[str, Dict[str, Any]]) -> Dict[str, Dict
             pool = {}
             for key, value in options.items():
                 if key not in _DJ_DB_CONN_POOL_KEYS:
-                    raise ValueError(f"DATABASES[{alias!r}]['POOL_OPTIONS'][{key!r}] has no autopool "
-                                     f"equivalent; known keys: {', '.join(_DJ_DB_CONN_POOL_KEYS)}")
+                    from django.core.exceptions import ImproperlyConfigured
+
+                    raise ImproperlyConfigured(
+                        f"DATABASES[{alias!r}]['POOL_OPTIONS'][{key!r}] has no autopool equivalent; "
+                        f"valid keys: {', '.join(_DJ_DB_CONN_POOL_KEYS)}")
                 pool[_DJ_DB_CONN_POOL_KEYS[key]] = value
             entry["POOL"] = pool
         elif engine in _SEED_ENGINES:

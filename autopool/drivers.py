@@ -142,18 +142,24 @@ class _Native:
         self.verified = False
 
     def handle(self, conn: Any) -> int:
-        # Stable for the life of the connection: fetched once, kept on it.
-        handle = conn.__dict__.get("_autopool_handle")
-        if handle is None:
-            handle = conn.__dict__["_autopool_handle"] = self._capsule_pointer(
-                conn._get_native_connection(), b"_mysql.connection.native_connection")
-        return handle
+        return self._native_of(conn)[0]
+
+    def _native_of(self, conn: Any) -> Tuple[int, Any, int]:
+        # (handle, status buffer, its address): stable for the life of the
+        # connection, so fetched once and kept on it; the status is read on
+        # every return.
+        native = conn.__dict__.get("_autopool_native")
+        if native is None:
+            handle = self._capsule_pointer(conn._get_native_connection(), b"_mysql.connection.native_connection")
+            buffer = ctypes.c_uint(0)
+            native = conn.__dict__["_autopool_native"] = (handle, buffer, ctypes.addressof(buffer))
+        return native
 
     def status(self, conn: Any) -> Optional[int]:
-        value = ctypes.c_uint(0)
-        if self.get_infov(self.handle(conn), self.MARIADB_CONNECTION_SERVER_STATUS, ctypes.byref(value)):
+        handle, buffer, address = self._native_of(conn)
+        if self.get_infov(handle, self.MARIADB_CONNECTION_SERVER_STATUS, address):
             return None
-        return value.value
+        return buffer.value
 
     def verify(self, conn: Any) -> bool:
         try:

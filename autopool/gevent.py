@@ -52,7 +52,8 @@ def _cooperative_class(base: type) -> type:
     cls = _classes.get(base)
     if cls is not None:
         return cls
-    from gevent.socket import wait_read
+    from gevent.hub import get_hub
+    from gevent.socket import wait
     from MySQLdb import _mysql
 
     send_query = _mysql.connection.send_query
@@ -63,7 +64,15 @@ def _cooperative_class(base: type) -> type:
             sql = bytes(sql)
         send_query(self, sql)
         try:
-            wait_read(self.fileno(), timeout=self._autopool_read_timeout)
+            # One read watcher per connection and hub, as gevent's own sockets
+            # keep: making and closing one per query costs more than the wait.
+            watcher = self._autopool_watcher
+            loop = get_hub().loop
+            if watcher is None or watcher.loop is not loop:
+                if watcher is not None:
+                    watcher.close()
+                watcher = self._autopool_watcher = loop.io(self.fileno(), 1)
+            wait(watcher, self._autopool_read_timeout)
         except socket.timeout:
             # The reply was never read: the protocol state is unknown, so the
             # connection is unusable, exactly as after a driver read timeout.
@@ -80,6 +89,9 @@ def _cooperative_class(base: type) -> type:
         read_query_result(self)
 
     def close(self: Any) -> None:
+        watcher = self.__dict__.pop("_autopool_watcher", None)
+        if watcher is not None:
+            watcher.close()
         # Idempotent: a connection closed above is closed again by Django or
         # the pool, and mysqlclient raises on a second close().
         if self.open:
@@ -94,6 +106,7 @@ def make_cooperative(conn: Any, read_timeout: Optional[float] = None) -> Any:
     """Switch one mysqlclient connection to cooperative waits (in place)."""
     conn.__class__ = _cooperative_class(type(conn))
     conn._autopool_read_timeout = read_timeout
+    conn._autopool_watcher = None
     return conn
 
 

@@ -33,9 +33,11 @@ logger = logging.getLogger("autopool")
 LEASE = "_autopool_lease"      # the SQLAlchemy fairy checked out by this wrapper
 REUSED = "_autopool_reused"    # set by checkout: skip the next init_connection_state
 CLOSING = "_autopool_closing"  # inside close(): _close() may return to the pool
-DISTRUST = "_autopool_distrust"  # inside a failed health check: never return
+DISTRUST = "_autopool_distrust"  # failed a health check: never return
 OWNER = "_autopool_owner"      # id() of the wrapper that checked LEASE out
 HOLDER = "_autopool_holder"    # the _Lease the pool's abandoned-connection scan watches
+HOME = "_autopool_home"        # the _Lease of checkouts from the wrapper's own thread/greenlet
+HOME_REF = "_autopool_home_ref"  # a weak reference to it, as the pool keeps it
 INIT = "autopool_initialized"  # record.info key: this dbapi connection is set up
 SETUP = "autopool_session_setup"  # record.info key: statements redoing the driver's set-up after a reset
 
@@ -64,11 +66,13 @@ def get_new_connection(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -
         return wrapped(*args, **kwargs)
     d = instance.__dict__
     stale = d.pop(LEASE, None)
-    if stale is not None and d.get(OWNER) == id(instance):
-        # The previous connection was dropped without close() (e.g.
-        # ``connection.connection = None``): its state is unknown. (A shallow
-        # copy's inherited lease is the original's business: left alone.)
-        discard(stale)
+    if stale is not None:
+        d.pop(DISTRUST, None)
+        if d.get(OWNER) == id(instance):
+            # The previous connection was dropped without close() (e.g.
+            # ``connection.connection = None``): its state is unknown. (A
+            # shallow copy's inherited lease is the original's business.)
+            discard(stale)
     conn_params = args[0] if args else kwargs["conn_params"]
     key = registry.key_for(instance.alias, conn_params, pool_setting)
     entry = registry.get(instance.alias, key)
@@ -119,16 +123,24 @@ class _Lease:
 
 
 def _lease_owner(instance: Any) -> Any:
+    d = instance.__dict__
     if instance._thread_ident == _thread.get_ident():
         home = current_owner()
-    else:
-        # Connecting from another thread of a shared wrapper: its home is the
-        # thread that created it (unknown for a greenlet: then only the
-        # wrapper's collection ends the lease).
-        home = next((weakref.ref(t) for t in threading.enumerate() if t.ident == instance._thread_ident),
-                    None)
+        lease = d.get(HOME)
+        # Kept on the wrapper for its next checkouts from the same greenlet or
+        # thread (CPython hands out one weak reference per object, so ``is``
+        # compares homes); a wrapper shared by greenlets of an unpatched
+        # thread gets a lease per home.
+        if lease is None or lease.home is not home:
+            lease = d[HOME] = _Lease(instance, home)
+            d[HOME_REF] = weakref.ref(lease)
+        return d[HOME_REF]
+    # Connecting from another thread of a shared wrapper: its home is the
+    # thread that created it (unknown for a greenlet: then only the
+    # wrapper's collection ends the lease).
+    home = next((weakref.ref(t) for t in threading.enumerate() if t.ident == instance._thread_ident), None)
     lease = _Lease(instance, home)
-    instance.__dict__[HOLDER] = lease
+    d[HOLDER] = lease
     return weakref.ref(lease)
 
 
@@ -171,26 +183,29 @@ def set_autocommit(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> An
     return wrapped(*args, **kwargs)
 
 
-def _with_flag(flag: str) -> Any:
-    """A wrapper that marks a leased wrapper with ``flag`` for the call's duration."""
+def close(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    """Inside close(), and only there, _close() may return the connection to the pool."""
+    d = instance.__dict__
+    if LEASE not in d:
+        return wrapped(*args, **kwargs)
+    d[CLOSING] = True
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        d.pop(CLOSING, None)
 
-    def wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+
+def is_usable(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    """A connection that failed a health check (Django's ``CONN_HEALTH_CHECKS``,
+    or after errors) is never pooled, whatever closes it next. Hooked here
+    rather than on ``close_if_health_check_failed()``, which Django calls for
+    every cursor: ``is_usable()`` runs only when a check is due."""
+    usable = wrapped(*args, **kwargs)
+    if not usable:
         d = instance.__dict__
-        if LEASE not in d:
-            return wrapped(*args, **kwargs)
-        d[flag] = True
-        try:
-            return wrapped(*args, **kwargs)
-        finally:
-            d.pop(flag, None)
-
-    return wrapper
-
-
-# Inside close(), and only there, _close() may return the connection to the pool.
-close = _with_flag(CLOSING)
-# The only close() this method makes follows a failed is_usable(): never pool it.
-close_if_health_check_failed = _with_flag(DISTRUST)
+        if LEASE in d:
+            d[DISTRUST] = True
+    return usable
 
 
 def _close(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
@@ -203,6 +218,7 @@ def _close(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         # Only now: while the lease lives, the pool's abandoned-connection
         # scan (another thread) must not take the connection being returned.
         d.pop(HOLDER, None)
+        d.pop(DISTRUST, None)
 
 
 def _close_leased(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:

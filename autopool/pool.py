@@ -25,6 +25,13 @@ try:
 except ImportError:  # pragma: no cover - greenlet ships with SQLAlchemy on most platforms
     _getcurrent = None
 
+try:
+    from gevent._hub_local import get_hub_if_exists as _get_hub_if_exists
+    from gevent._hub_local import get_hub_noargs as _get_hub
+    from gevent.hub import Waiter as _HubWaiterClass
+except ImportError:  # gevent is optional
+    _get_hub = _get_hub_if_exists = _HubWaiterClass = None
+
 from sqlalchemy.pool import Pool
 from sqlalchemy.pool import base as _sa_pool_base
 from sqlalchemy.pool.base import _ConnectionRecord
@@ -81,6 +88,11 @@ _CHECKOUT_INFO = "_autopool_checkout_info"
 
 # Seconds between two scans for connections abandoned by ended greenlets.
 HOUSEKEEPING_INTERVAL = 1.0
+# Least seconds between two such scans made because the pool is exhausted: an
+# overloaded pool is exhausted at nearly every checkout, and a scan per
+# checkout (one liveness check per checked-out connection) costs more than the
+# request's own pool work.
+RECLAIM_ON_EXHAUSTION_INTERVAL = 0.05
 
 # Record attribute set while Django holds the connection (see hooks.py).
 LEASED_ATTR = "_autopool_leased"
@@ -96,8 +108,7 @@ class _Waiter:
     __slots__ = ("_lock", "item")
 
     def __init__(self) -> None:
-        # A pre-acquired lock is the cheapest one-shot event; threading.Lock is
-        # gevent's own when monkey patched, so waiting yields to the hub.
+        # A pre-acquired lock is the cheapest one-shot event between threads.
         self._lock = threading.Lock()
         self._lock.acquire()
         self.item: Any = None
@@ -108,6 +119,50 @@ class _Waiter:
     def wake(self, item: Any) -> None:
         self.item = item
         self._lock.release()
+
+
+class _HubWaiter:
+    """The one-shot event for a process under gevent monkey patching.
+
+    A monkey-patched lock would do, but its acquire with a timeout builds a
+    ``gevent.Timeout`` and a chain of link callbacks each time; a waiting
+    checkout is the common case of an overloaded pool, so it parks on the
+    hub directly: one timer, one callback.
+    """
+
+    __slots__ = ("_hub", "_waiter", "item")
+
+    def __init__(self) -> None:
+        self._hub = _get_hub()
+        self._waiter = _HubWaiterClass(self._hub)
+        self.item: Any = None
+
+    def wait(self, timeout: Optional[float]) -> bool:
+        if timeout is None:
+            return self._waiter.get()
+        timer = self._hub.loop.timer(max(timeout, 0))
+        timer.start(self._waiter.switch, False)
+        try:
+            return self._waiter.get()
+        finally:
+            timer.close()
+
+    def wake(self, item: Any) -> None:
+        self.item = item
+        loop = self._hub.loop
+        if _get_hub_if_exists() is self._hub:
+            loop.run_callback(self._waiter.switch, True)
+        else:  # returned from another thread (e.g. gevent's thread pool)
+            loop.run_callback_threadsafe(self._waiter.switch, True)
+
+
+def _waiter_class() -> type:
+    """The waiter for pools created now: on the hub when threading is gevent's."""
+    if _get_hub is None:
+        return _Waiter
+    from gevent import monkey
+
+    return _HubWaiter if monkey.is_module_patched("threading") else _Waiter
 
 
 class QueuePool(Pool):
@@ -154,12 +209,14 @@ class QueuePool(Pool):
         # (record, time it became idle); the left end is the oldest idle.
         self._idle: Deque[Tuple[_ConnectionRecord, float]] = deque()
         self._waiters: Deque[_Waiter] = deque()
+        self._waiter_class = _waiter_class()
         self._opened = 0  # records that exist: idle, checked out, or connecting
         self._closed = False
         self._local = threading.local() if use_threadlocal else None
         # Checked-out records (an ordered set), scanned for abandoned ones
         # only when the pool is exhausted.
         self._out: Dict[_ConnectionRecord, None] = {}
+        self._next_reclaim = 0.0  # time.monotonic() before which exhaustion does not scan
 
     # -- options SQLAlchemy's recreate() must carry --------------------------
     def _recreate_kwargs(self) -> dict:
@@ -229,13 +286,16 @@ class QueuePool(Pool):
                         f"max_overflow={self._max_overflow}, checked out={self.checkedout()})")
                     logger.warning("%s", error)
                     raise error
-                waiter = _Waiter()
+                waiter = self._waiter_class()
                 self._waiters.append(waiter)
         if waiter is None:
             return self._open()
         # Exhausted: connections held by greenlets or threads that ended
         # without closing come back now, not whenever the cyclic GC runs.
-        self.reclaim_abandoned()
+        now = time.monotonic()
+        if now >= self._next_reclaim:
+            self._next_reclaim = now + RECLAIM_ON_EXHAUSTION_INTERVAL
+            self.reclaim_abandoned()
         return self._wait(waiter, timeout, final)
 
     def _wait(self, waiter: _Waiter, timeout: float, final: bool = True) -> _ConnectionRecord:

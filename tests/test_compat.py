@@ -35,3 +35,12 @@ def test_seed_settings_keep_their_pool_dict():
     wild = config.parse("default", {"django_pool_class": "django_db_conn_pool.mysqlalchemy.pool.DjangoQueuePool",
                                     "pool_size": 30, "max_overflow": 0, "django_core_pool_size": 5})
     assert wild.pool_class is DjangoQueuePool and wild.pool_size == 30
+
+
+def test_an_unmappable_option_is_a_clear_error():
+    import pytest
+    from django.core.exceptions import ImproperlyConfigured
+
+    old = {"default": {"ENGINE": "dj_db_conn_pool.backends.mysql", "POOL_OPTIONS": {"POOL_SIZ": 10}}}
+    with pytest.raises(ImproperlyConfigured, match=r"DATABASES\['default'\]\['POOL_OPTIONS'\]\['POOL_SIZ'\].*POOL_SIZE"):
+        from_dj_db_conn_pool(old)

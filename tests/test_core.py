@@ -151,10 +151,14 @@ def test_failed_health_check_gets_a_different_connection(server):
         old = connection.connection
         connection.close_if_unusable_or_obsolete()
         assert connection.connection is old
-        with mock.patch.object(connection, "is_usable", return_value=False):
-            connection_id()
-            assert connection.connection is not old
+        server.execute(f"KILL {connection_id()}")  # the server ends the session: the check fails
+        connection.close_if_unusable_or_obsolete()  # next request: a check is due
+        fresh = connection_id()
+        assert connection.connection is not old
+        assert pool_of().counters.connections_invalidated >= 1
+        assert fresh
         connection.close()
+        assert old not in [rec.dbapi_connection for rec, _ in pool_of()._idle]  # never pooled
 
 
 def test_errors_then_unusable_connection_is_invalidated(server):
