@@ -33,7 +33,7 @@ logger = logging.getLogger("autopool")
 LEASE = "_autopool_lease"      # the SQLAlchemy fairy checked out by this wrapper
 REUSED = "_autopool_reused"    # set by checkout: skip the next init_connection_state
 CLOSING = "_autopool_closing"  # inside close(): _close() may return to the pool
-DISTRUST = "_autopool_distrust"  # failed a health check: never return
+DISTRUST = "_autopool_distrust"  # inside a failed health check: never return
 OWNER = "_autopool_owner"      # id() of the wrapper that checked LEASE out
 HOLDER = "_autopool_holder"    # the _Lease the pool's abandoned-connection scan watches
 HOME = "_autopool_home"        # the _Lease of checkouts from the wrapper's own thread/greenlet
@@ -67,7 +67,6 @@ def get_new_connection(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -
     d = instance.__dict__
     stale = d.pop(LEASE, None)
     if stale is not None:
-        d.pop(DISTRUST, None)
         if d.get(OWNER) == id(instance):
             # The previous connection was dropped without close() (e.g.
             # ``connection.connection = None``): its state is unknown. (A
@@ -183,29 +182,27 @@ def set_autocommit(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> An
     return wrapped(*args, **kwargs)
 
 
-def close(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-    """Inside close(), and only there, _close() may return the connection to the pool."""
-    d = instance.__dict__
-    if LEASE not in d:
-        return wrapped(*args, **kwargs)
-    d[CLOSING] = True
-    try:
-        return wrapped(*args, **kwargs)
-    finally:
-        d.pop(CLOSING, None)
+def _with_flag(flag: str) -> Any:
+    """A wrapper that marks a leased wrapper with ``flag`` for the call's duration."""
 
-
-def is_usable(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-    """A connection that failed a health check (Django's ``CONN_HEALTH_CHECKS``,
-    or after errors) is never pooled, whatever closes it next. Hooked here
-    rather than on ``close_if_health_check_failed()``, which Django calls for
-    every cursor: ``is_usable()`` runs only when a check is due."""
-    usable = wrapped(*args, **kwargs)
-    if not usable:
+    def wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         d = instance.__dict__
-        if LEASE in d:
-            d[DISTRUST] = True
-    return usable
+        if LEASE not in d:
+            return wrapped(*args, **kwargs)
+        d[flag] = True
+        try:
+            return wrapped(*args, **kwargs)
+        finally:
+            d.pop(flag, None)
+
+    return wrapper
+
+
+# Inside close(), and only there, _close() may return the connection to the pool.
+close = _with_flag(CLOSING)
+# The only close() this method makes follows a failed is_usable(): never pool
+# it. Hooked here, not on is_usable(), which subclasses and tests replace.
+close_if_health_check_failed = _with_flag(DISTRUST)
 
 
 def _close(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
@@ -218,7 +215,6 @@ def _close(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         # Only now: while the lease lives, the pool's abandoned-connection
         # scan (another thread) must not take the connection being returned.
         d.pop(HOLDER, None)
-        d.pop(DISTRUST, None)
 
 
 def _close_leased(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:

@@ -23,7 +23,7 @@ PATCHES: Tuple[Tuple[str, Callable[..., Any]], ...] = (
     ("init_connection_state", hooks.init_connection_state),
     ("_set_autocommit", hooks.set_autocommit),
     ("close", hooks.close),
-    ("is_usable", hooks.is_usable),
+    ("close_if_health_check_failed", hooks.close_if_health_check_failed),
     ("_close", hooks._close),
 )
 

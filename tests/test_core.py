@@ -161,6 +161,20 @@ def test_failed_health_check_gets_a_different_connection(server):
         assert old not in [rec.dbapi_connection for rec, _ in pool_of()._idle]  # never pooled
 
 
+def test_failed_health_check_of_a_replaced_is_usable(server):
+    # As Django's own ConnectionHealthChecksTests do: is_usable replaced on the instance.
+    settings = connections["default"].settings_dict
+    with mock.patch.dict(settings, {"CONN_MAX_AGE": None, "CONN_HEALTH_CHECKS": True}):
+        connection_id()
+        old = connection.connection
+        connection.close_if_unusable_or_obsolete()
+        with mock.patch.object(connection, "is_usable", return_value=False):
+            connection_id()
+            assert connection.connection is not old
+        connection.close()
+    assert old not in [rec.dbapi_connection for rec, _ in pool_of()._idle]
+
+
 def test_errors_then_unusable_connection_is_invalidated(server):
     cid = connection_id()
     server.execute(f"KILL {cid}")
