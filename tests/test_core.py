@@ -1,6 +1,7 @@
 """The core drop-in against the real MariaDB: checkout, return, reuse, safety."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -144,35 +145,25 @@ def test_private_close_really_closes(server):
     assert pool_of().checkedout() == 0
 
 
-def test_failed_health_check_gets_a_different_connection(server):
+@pytest.mark.parametrize("failure", ["server_killed_the_session", "is_usable_replaced"])
+def test_failed_health_check_gets_a_different_connection(server, failure):
     settings = connections["default"].settings_dict
     with mock.patch.dict(settings, {"CONN_MAX_AGE": None, "CONN_HEALTH_CHECKS": True}):
-        connection_id()
+        cid = connection_id()
         old = connection.connection
+        connection.close_if_unusable_or_obsolete()  # next request: a check is due, and passes
+        assert connection_id() == cid and connection.connection is old
+        if failure == "server_killed_the_session":
+            server.execute(f"KILL {cid}")
+            check = contextlib.nullcontext()
+        else:  # as Django's own ConnectionHealthChecksTests do
+            check = mock.patch.object(connection, "is_usable", return_value=False)
         connection.close_if_unusable_or_obsolete()
-        assert connection.connection is old
-        server.execute(f"KILL {connection_id()}")  # the server ends the session: the check fails
-        connection.close_if_unusable_or_obsolete()  # next request: a check is due
-        fresh = connection_id()
-        assert connection.connection is not old
-        assert pool_of().counters.connections_invalidated >= 1
-        assert fresh
-        connection.close()
-        assert old not in [rec.dbapi_connection for rec, _ in pool_of()._idle]  # never pooled
-
-
-def test_failed_health_check_of_a_replaced_is_usable(server):
-    # As Django's own ConnectionHealthChecksTests do: is_usable replaced on the instance.
-    settings = connections["default"].settings_dict
-    with mock.patch.dict(settings, {"CONN_MAX_AGE": None, "CONN_HEALTH_CHECKS": True}):
-        connection_id()
-        old = connection.connection
-        connection.close_if_unusable_or_obsolete()
-        with mock.patch.object(connection, "is_usable", return_value=False):
-            connection_id()
+        with check:
+            assert connection_id() != cid
             assert connection.connection is not old
         connection.close()
-    assert old not in [rec.dbapi_connection for rec, _ in pool_of()._idle]
+    assert old not in [rec.dbapi_connection for rec, _ in pool_of()._idle]  # never pooled
 
 
 def test_errors_then_unusable_connection_is_invalidated(server):
