@@ -8,7 +8,7 @@ loads one ``MySQLdb``) and in the same process, on a warm pool:
 
 * autopool through Django: ``connection.ensure_connection(); connection.close()``
   with ``POOL = {"pool_size": 10, "max_overflow": 0}`` and ``CONN_MAX_AGE = 0``
-  (what every request pays for its connection);
+  (what every request pays for its connection), and the same pool alone;
 * a bare SQLAlchemy ``QueuePool`` ``connect().close()`` with
   ``reset_on_return=None`` (the pool alone) and with its default
   ``reset_on_return="rollback"`` (one ROLLBACK round trip per return);
@@ -89,6 +89,11 @@ def measure(driver: str, quick: bool) -> Dict[str, float]:
         pooled.close()
 
     out["django_checkout_return_us"] = timeit(django_checkout_return, n, rounds)
+    # The same pool without Django's connect()/close() around it.
+    from autopool import registry
+
+    pool = next(registry.entries("default")).pool
+    out["autopool_pool_checkout_return_us"] = timeit(lambda: pool.connect().close(), n, rounds)
 
     def connect() -> Any:
         return MySQLdb.connect(host=host, port=port, user=user, password=password)
@@ -223,6 +228,7 @@ def measure_gevent(quick: bool) -> Dict[str, float]:
 def markdown(drivers: Dict[str, Dict[str, float]]) -> str:
     rows = [
         ("autopool via Django: ensure_connection() + close()", "django_checkout_return_us"),
+        ("autopool's pool alone: connect().close()", "autopool_pool_checkout_return_us"),
         ("bare SQLAlchemy QueuePool connect().close(), reset_on_return=None", "sqlalchemy_checkout_return_us"),
         ("bare SQLAlchemy QueuePool connect().close(), default reset (ROLLBACK)",
          "sqlalchemy_rollback_checkout_return_us"),

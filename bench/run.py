@@ -15,9 +15,9 @@ drives it with ``wrk -c 100 -t 2 --latency`` while a side connection samples
 ``Threads_connected`` every 50 ms, and reads the server's command counters
 before and after (the side connection's own statements excluded). Every
 configuration runs once per repetition, interleaved, each run on a fresh
-gunicorn. Results: ``bench/results/latest.md`` (+ ``.json``, + ``.png`` when
-matplotlib is installed). Everything it started is stopped on exit, Ctrl-C or
-error.
+gunicorn. Results: ``bench/results/latest.md`` (+ ``.json``, + ``.png``, drawn
+with matplotlib, which is installed into the running virtualenv if missing).
+Everything it started is stopped on exit, Ctrl-C or error.
 """
 from __future__ import annotations
 
@@ -809,7 +809,7 @@ def write_report(path: Path, results: List[RunResult], configs: List[str], workl
                      f"{fmt(r.worker_cpu_ms_per_request, 3)} | {r.note.strip()} |")
     lines.append("")
     lines.append(f"![chart]({chart})" if chart else
-                 "Chart skipped: matplotlib is not installed (`pip install matplotlib` for bench/results/latest.png).")
+                 "Chart skipped: matplotlib is not available (`pip install matplotlib` for bench/results/latest.png).")
     lines.append("")
     text = "\n".join(lines)
     path.write_text(text)
@@ -852,13 +852,30 @@ def _versions() -> str:
     return ", ".join(out)
 
 
-def make_chart(path: Path, results: List[RunResult], configs: List[str], workloads: List[str]) -> Optional[str]:
+def _pyplot() -> Any:
+    """matplotlib's pyplot; installed into the running virtualenv (the project's .venv) on
+    first use, so that one command gives the chart too. None when that is not possible."""
     try:
         import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
     except ImportError:
+        if sys.prefix == sys.base_prefix:
+            return None  # not a virtualenv: never install into a system Python
+        print("bench: installing matplotlib for the chart", file=sys.stderr)
+        proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "matplotlib"],
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        if proc.returncode:
+            print(f"bench: could not install matplotlib: {proc.stderr.strip()[-300:]}", file=sys.stderr)
+            return None
+        import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def make_chart(path: Path, results: List[RunResult], configs: List[str], workloads: List[str]) -> Optional[str]:
+    plt = _pyplot()
+    if plt is None:
         return None
     agg = aggregate(results, configs, workloads)
     metrics = (("rps", "requests/s (higher is better)"), ("p99", "p99 latency, ms (lower is better)"),
@@ -876,9 +893,11 @@ def make_chart(path: Path, results: List[RunResult], configs: List[str], workloa
         ax.set_title(title, fontsize=10)
         if metric in ("p99",):
             ax.set_yscale("log")
-    axes[0].legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    # Below the panels, where it hides no bar.
+    fig.legend(handles, labels, loc="lower center", ncol=len(configs), fontsize=9, frameon=False)
     fig.suptitle("autopool vs stock Django (gunicorn -k gevent -w 1, wrk -c 100)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path.name
