@@ -89,9 +89,17 @@ def _cooperative_class(base: type) -> type:
         read_query_result(self)
 
     def close(self: Any) -> None:
-        watcher = self.__dict__.pop("_autopool_watcher", None)
+        watcher = self.__dict__.get("_autopool_watcher")
         if watcher is not None:
-            watcher.close()
+            self._autopool_watcher = None
+            hub = get_hub()
+            if watcher.loop is hub.loop:
+                # A greenlet still waiting on it (one connection misused by two
+                # greenlets at once) gets an error instead of waiting forever.
+                hub.cancel_wait(watcher, self.OperationalError(
+                    LOST_CONNECTION, "Lost connection to server during query (connection closed)"), True)
+            else:
+                watcher.close()
         # Idempotent: a connection closed above is closed again by Django or
         # the pool, and mysqlclient raises on a second close().
         if self.open:

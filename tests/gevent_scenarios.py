@@ -65,6 +65,18 @@ def sampler(server, stop, out):
         conn.close()
 
 
+def select_value(sql):
+    """One request's worth of work: check out, read one value, return the connection."""
+    from django.db import connection
+
+    try:
+        with connection.cursor() as cur:
+            cur.execute(sql)
+            return cur.fetchone()[0]
+    finally:
+        connection.close()
+
+
 def scenario_cap(args):
     """1,000 greenlets doing ORM work on a small pool; a ticker proves the hub runs."""
     n = args.get("greenlets", 1000)
@@ -151,6 +163,39 @@ def scenario_sleep(args):
     gevent.joinall(jobs, timeout=60)
     return {"elapsed": time.monotonic() - start, "results": sorted({j.value[0] for j in jobs}),
             "class": sorted({j.value[1] for j in jobs})}
+
+
+def scenario_shared_connection(args):
+    """One pooled mysqlclient connection used by two greenlets at once (a bug in the
+    caller): both get an error, neither waits forever, and the pool serves on."""
+    setup({"pool_size": 1, "max_overflow": 0, "timeout": 10})
+    from django.db import connection
+
+    connection.ensure_connection()
+    raw = connection.connection
+    started = Event()
+
+    def query(sql):
+        started.set()
+        try:
+            cur = raw.cursor()
+            cur.execute(sql)
+            return ["ok", [list(map(str, row)) for row in cur.fetchall()]]
+        except Exception as exc:  # noqa: BLE001 - the error is the result
+            return ["error", type(exc).__name__]
+
+    first = gevent.spawn(query, "SELECT SLEEP(0.5)")
+    # set() wakes this greenlet only once the first one yields, i.e. waits for its reply.
+    started.wait()
+    second = gevent.spawn(query, "SELECT 2")
+    start = time.monotonic()
+    finished = gevent.joinall([first, second], timeout=10)
+    elapsed = time.monotonic() - start
+    connection.close()
+    job = gevent.spawn(select_value, "SELECT 3")
+    job.join(10)
+    return {"first": first.value, "second": second.value, "finished": len(finished), "elapsed": elapsed,
+            "after": job.value, "open": raw.open}
 
 
 def scenario_semantics(args):
@@ -344,17 +389,7 @@ def scenario_first_connects(args):
 
     autopool.install()
     django.setup()
-    from django.db import connection
-
-    def work(_):
-        try:
-            with connection.cursor() as cur:
-                cur.execute("SELECT 1")
-                return cur.fetchone()[0]
-        finally:
-            connection.close()
-
-    jobs = [gevent.spawn(work, i) for i in range(n)]
+    jobs = [gevent.spawn(select_value, "SELECT 1") for _ in range(n)]
     gevent.joinall(jobs, timeout=60)
     return {"done": sum(1 for j in jobs if j.value == 1), "hubs_in_pool_threads": len(created),
             "stacks": created}

@@ -58,6 +58,16 @@ def test_pymysql_runs_queries_concurrently(scenario):
     assert r["elapsed"] < 1.0
 
 
+@pytest.mark.skipif(djsettings.DRIVER != "mysqlclient", reason="mysqlclient's cooperative wait")
+def test_a_connection_used_by_two_greenlets_fails_both_and_hangs_none(scenario):
+    r = scenario("shared_connection")
+    assert r["finished"] == 2 and r["elapsed"] < 5
+    assert r["second"] == ["error", "ConcurrentObjectUseError"]
+    assert r["first"] == ["error", "OperationalError"]  # its connection was closed under it
+    assert not r["open"]  # never pooled with two queries in flight
+    assert r["after"] == 3
+
+
 def test_results_and_errors_are_unchanged_by_the_cooperative_wait(scenario):
     coop = scenario("semantics", cooperative=True if djsettings.DRIVER == "mysqlclient" else "auto")
     stock = scenario("semantics", cooperative=False)
