@@ -37,7 +37,6 @@ DISTRUST = "_autopool_distrust"  # inside a failed health check: never return
 OWNER = "_autopool_owner"      # id() of the wrapper that checked LEASE out
 HOLDER = "_autopool_holder"    # the _Lease the pool's abandoned-connection scan watches
 HOME = "_autopool_home"        # the _Lease of checkouts from the wrapper's own thread/greenlet
-HOME_REF = "_autopool_home_ref"  # a weak reference to it, as the pool keeps it
 INIT = "autopool_initialized"  # record.info key: this dbapi connection is set up
 SETUP = "autopool_session_setup"  # record.info key: statements redoing the driver's set-up after a reset
 
@@ -66,12 +65,11 @@ def get_new_connection(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -
         return wrapped(*args, **kwargs)
     d = instance.__dict__
     stale = d.pop(LEASE, None)
-    if stale is not None:
-        if d.get(OWNER) == id(instance):
-            # The previous connection was dropped without close() (e.g.
-            # ``connection.connection = None``): its state is unknown. (A
-            # shallow copy's inherited lease is the original's business.)
-            discard(stale)
+    if stale is not None and d.get(OWNER) == id(instance):
+        # The previous connection was dropped without close() (e.g.
+        # ``connection.connection = None``): its state is unknown. (A shallow
+        # copy's inherited lease is the original's business: left alone.)
+        discard(stale)
     conn_params = args[0] if args else kwargs["conn_params"]
     key = registry.key_for(instance.alias, conn_params, pool_setting)
     entry = registry.get(instance.alias, key)
@@ -128,12 +126,12 @@ def _lease_owner(instance: Any) -> Any:
         lease = d.get(HOME)
         # Kept on the wrapper for its next checkouts from the same greenlet or
         # thread (CPython hands out one weak reference per object, so ``is``
-        # compares homes); a wrapper shared by greenlets of an unpatched
-        # thread gets a lease per home.
+        # compares homes, and the reference below is the same object each
+        # time); a wrapper shared by greenlets of an unpatched thread gets a
+        # lease per home.
         if lease is None or lease.home is not home:
             lease = d[HOME] = _Lease(instance, home)
-            d[HOME_REF] = weakref.ref(lease)
-        return d[HOME_REF]
+        return weakref.ref(lease)
     # Connecting from another thread of a shared wrapper: its home is the
     # thread that created it (unknown for a greenlet: then only the
     # wrapper's collection ends the lease).

@@ -42,18 +42,31 @@ _applied: List[Tuple[type, str, bool, Any]] = []
 _error_applied: List[Tuple[type, str, bool, Any]] = []
 
 
+def _wrap(cls: type, name: str, wrapper: Callable[..., Any], applied: List[Tuple[type, str, bool, Any]]) -> None:
+    """Wrap ``cls.name`` with wrapt, recording in ``applied`` what ``_restore`` puts back."""
+    own = name in cls.__dict__
+    original = cls.__dict__[name] if own else None
+    wrapt.wrap_function_wrapper(cls, name, wrapper)
+    applied.append((cls, name, own, original))
+
+
+def _restore(applied: List[Tuple[type, str, bool, Any]]) -> None:
+    for cls, name, own, original in reversed(applied):
+        if own:
+            setattr(cls, name, original)
+        else:
+            delattr(cls, name)
+    applied.clear()
+
+
 def _apply(module: Any) -> None:
     with _lock:
         if not _installed or _applied:
             return
         cls = module.DatabaseWrapper
         for name, wrapper in PATCHES:
-            if not hasattr(cls, name):
-                continue
-            own = name in cls.__dict__
-            original = cls.__dict__[name] if own else None
-            wrapt.wrap_function_wrapper(cls, name, wrapper)
-            _applied.append((cls, name, own, original))
+            if hasattr(cls, name):
+                _wrap(cls, name, wrapper, _applied)
         _connect_signals()
 
 
@@ -92,18 +105,8 @@ def uninstall() -> None:
         if not _installed:
             return
         _installed = False
-        for cls, name, own, original in reversed(_applied):
-            if own:
-                setattr(cls, name, original)
-            else:
-                delattr(cls, name)
-        _applied.clear()
-        for cls, name, own, original in reversed(_error_applied):
-            if own:
-                setattr(cls, name, original)
-            else:
-                delattr(cls, name)
-        _error_applied.clear()
+        _restore(_applied)
+        _restore(_error_applied)
     registry.dispose()
     housekeeping.stop()
 
@@ -116,11 +119,7 @@ def enable_error_hook() -> None:
         if not _installed or _error_applied:
             return
         for module_name, class_name, name, wrapper in ERROR_PATCHES:
-            cls = getattr(importlib.import_module(module_name), class_name)
-            own = name in cls.__dict__
-            original = cls.__dict__[name] if own else None
-            wrapt.wrap_function_wrapper(cls, name, wrapper)
-            _error_applied.append((cls, name, own, original))
+            _wrap(getattr(importlib.import_module(module_name), class_name), name, wrapper, _error_applied)
 
 
 def is_installed() -> bool:

@@ -115,6 +115,16 @@ class Replica:
         self.conn: Any = None
 
 
+def _drop_connection(replica: "Replica") -> None:
+    """Close the monitor's connection to ``replica``, if any; a failing close changes nothing."""
+    conn, replica.conn = replica.conn, None
+    if conn is not None:
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001 - the connection is gone either way
+            pass
+
+
 class ReplicaMonitor:
     """Checks every replica's lag; run by the housekeeping task (``housekeep``)."""
 
@@ -158,12 +168,7 @@ class ReplicaMonitor:
             error = None if lag is not None else "replication lag unknown (replication stopped or not a replica)"
         except Exception as exc:  # noqa: BLE001 - any failure makes the replica unusable for now
             lag, error = None, f"{type(exc).__name__}: {exc}"
-            conn, replica.conn = replica.conn, None
-            if conn is not None:
-                try:
-                    conn.close()
-                except Exception:  # noqa: BLE001
-                    pass
+            _drop_connection(replica)
         healthy = lag is not None and lag < replica.max_lag
         if healthy != replica.healthy:
             if healthy:
@@ -193,12 +198,7 @@ class ReplicaMonitor:
 
     def close(self) -> None:
         for replica in self.replicas:
-            conn, replica.conn = replica.conn, None
-            if conn is not None:
-                try:
-                    conn.close()
-                except Exception:  # noqa: BLE001
-                    pass
+            _drop_connection(replica)
 
     def status(self) -> List[Dict[str, Any]]:
         return [{"alias": r.alias, "replica_of": r.primary, "healthy": r.healthy, "lag": r.lag,

@@ -52,14 +52,13 @@ def timeit(fn: Callable[[], Any], n: int, rounds: int) -> float:
     return min(per)
 
 
-def measure(driver: str, quick: bool) -> Dict[str, float]:
-    if driver == "pymysql":
-        import pymysql
-
-        pymysql.install_as_MySQLdb()
+def setup_django(**pool_sizes: Optional[int]) -> Callable[[], Any]:
+    """``autopool.install()``, then Django with one alias per keyword (its ``pool_size``, or no
+    POOL for ``None``) on the server of ``AUTOPOOL_TEST_MYSQL_*``; returns a raw driver connect()."""
     import autopool
 
     autopool.install()
+    import django
     from django.conf import settings
 
     host = os.environ["AUTOPOOL_TEST_MYSQL_HOST"]
@@ -69,13 +68,27 @@ def measure(driver: str, quick: bool) -> Dict[str, float]:
     base = {"ENGINE": "django.db.backends.mysql", "NAME": "", "HOST": host, "PORT": str(port),
             "USER": user, "PASSWORD": password, "CONN_MAX_AGE": 0}
     settings.configure(
-        DATABASES={"default": dict(base, POOL={"pool_size": 10, "max_overflow": 0, "timeout": 30}),
-                   "stock": dict(base)},
+        DATABASES={alias: dict(base) if size is None else
+                   dict(base, POOL={"pool_size": size, "max_overflow": 0, "timeout": 30})
+                   for alias, size in pool_sizes.items()},
         INSTALLED_APPS=[], USE_TZ=True, DEBUG=False)
-    import django
-
     django.setup()
     import MySQLdb
+
+    def connect() -> Any:
+        return MySQLdb.connect(host=host, port=port, user=user, password=password)
+
+    return connect
+
+
+def measure(driver: str, quick: bool) -> Dict[str, float]:
+    if driver == "pymysql":
+        import pymysql
+
+        pymysql.install_as_MySQLdb()
+    import autopool
+
+    connect = setup_django(default=10, stock=None)
     from django.db import connections
     from sqlalchemy.pool import QueuePool
 
@@ -94,9 +107,6 @@ def measure(driver: str, quick: bool) -> Dict[str, float]:
 
     pool = next(registry.entries("default")).pool
     out["autopool_pool_checkout_return_us"] = timeit(lambda: pool.connect().close(), n, rounds)
-
-    def connect() -> Any:
-        return MySQLdb.connect(host=host, port=port, user=user, password=password)
 
     bare = QueuePool(connect, pool_size=10, max_overflow=0, reset_on_return=None)
     out["sqlalchemy_checkout_return_us"] = timeit(lambda: bare.connect().close(), n, rounds)
@@ -143,32 +153,13 @@ def measure_gevent(quick: bool) -> Dict[str, float]:
 
     import autopool
 
-    autopool.install()
-    from django.conf import settings
-
-    host = os.environ["AUTOPOOL_TEST_MYSQL_HOST"]
-    port = int(os.environ.get("AUTOPOOL_TEST_MYSQL_PORT") or 3306)
-    user = os.environ.get("AUTOPOOL_TEST_MYSQL_USER") or "root"
-    password = os.environ.get("AUTOPOOL_TEST_MYSQL_PASSWORD", "")
-    base = {"ENGINE": "django.db.backends.mysql", "NAME": "", "HOST": host, "PORT": str(port),
-            "USER": user, "PASSWORD": password, "CONN_MAX_AGE": 0}
-    settings.configure(
-        DATABASES={"default": dict(base, POOL={"pool_size": GREENLETS, "max_overflow": 0, "timeout": 30}),
-                   "small": dict(base, POOL={"pool_size": 10, "max_overflow": 0, "timeout": 30})},
-        INSTALLED_APPS=[], USE_TZ=True, DEBUG=False)
-    import django
-
-    django.setup()
-    import MySQLdb
+    connect = setup_django(default=GREENLETS, small=10)
     from django.db import connections
 
     from autopool import gevent as autopool_gevent
 
     n, rounds = (2000, 5) if quick else (5000, 10)
     out: Dict[str, float] = {}
-
-    def connect() -> Any:
-        return MySQLdb.connect(host=host, port=port, user=user, password=password)
 
     blocking = connect()
     cooperative = autopool_gevent.make_cooperative(connect())

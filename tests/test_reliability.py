@@ -36,6 +36,7 @@ import autopool
 from autopool import registry
 from tests import djsettings
 from tests.mariadb import ENV, Server
+from tests.scenario_main import wait_until
 from tests.tcpproxy import ProxyProcess
 
 DB = djsettings.DB_NAME
@@ -45,19 +46,6 @@ WRONG_PASSWORD = "Wr0ng-rel-Pa55word-77"
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01,
-               message: str = "condition") -> Any:
-    """Poll ``predicate`` until it is truthy; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{message} not reached within {timeout} s")
-        time.sleep(interval)
-
 
 def pool_of(alias: str) -> Any:
     found = list(registry.entries(alias))
