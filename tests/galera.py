@@ -301,13 +301,35 @@ class GaleraNode(Node):
         self.execute(f"SET GLOBAL wsrep_provider_options='gmcast.isolate={1 if on else 0}'")
 
 
-class Cluster:
-    """A 3-node Galera cluster on loopback."""
+class _Servers:
+    """Throw-away servers in one directory: killed and removed by ``stop()``, or at exit by the
+    process that started them."""
 
-    def __init__(self, directory: str, nodes: List[GaleraNode]) -> None:
+    def __init__(self, directory: str, nodes: List[Node]) -> None:
         self.dir, self.nodes = directory, nodes
         self._owner_pid = os.getpid()
         self.start_seconds = 0.0
+        atexit.register(self._atexit_stop)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            try:
+                node.kill()
+            except Exception:  # noqa: BLE001
+                pass
+        if self.dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = ""
+
+    def _atexit_stop(self) -> None:
+        if os.getpid() == self._owner_pid:
+            self.stop()
+
+
+class Cluster(_Servers):
+    """A 3-node Galera cluster on loopback."""
+
+    nodes: List[GaleraNode]
 
     @classmethod
     def start(cls, size: int = 3, base_dir: Optional[str] = None) -> "Cluster":
@@ -320,7 +342,6 @@ class Cluster:
         nodes = [GaleraNode(f"node{i + 1}", os.path.join(directory, f"node{i + 1}"), b,
                             [p + 1 for p in bases], sst_bin) for i, b in enumerate(bases)]
         cluster = cls(directory, nodes)
-        atexit.register(cluster._atexit_stop)
         try:
             first = nodes[0]
             os.makedirs(first.dir)
@@ -345,31 +366,16 @@ class Cluster:
         cluster.start_seconds = time.monotonic() - t0
         return cluster
 
-    def stop(self) -> None:
-        for node in self.nodes:
-            try:
-                node.kill()
-            except Exception:  # noqa: BLE001
-                pass
-        if self.dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self.dir = ""
-
-    def _atexit_stop(self) -> None:
-        if os.getpid() == self._owner_pid:
-            self.stop()
-
     def node_by_port(self, port: int) -> GaleraNode:
         return next(n for n in self.nodes if n.port == int(port))
 
 
-class ReplicaPair:
+class ReplicaPair(_Servers):
     """A primary and one replica, GTID replication (``MASTER_USE_GTID=slave_pos``)."""
 
     def __init__(self, directory: str, primary: Node, replica: Node) -> None:
-        self.dir, self.primary, self.replica = directory, primary, replica
-        self._owner_pid = os.getpid()
-        self.start_seconds = 0.0
+        super().__init__(directory, [primary, replica])
+        self.primary, self.replica = primary, replica
 
     @classmethod
     def start(cls, base_dir: Optional[str] = None) -> "ReplicaPair":
@@ -382,7 +388,6 @@ class ReplicaPair:
         replica = Node("replica", os.path.join(directory, "replica"), base + 1,
                        common + ["--server-id=2", "--read-only=ON"])
         pair = cls(directory, primary, replica)
-        atexit.register(pair._atexit_stop)
         try:
             for node in (primary, replica):
                 os.makedirs(node.dir)
@@ -425,20 +430,6 @@ class ReplicaPair:
             return False
         primary_pos = self.primary.execute("SELECT @@gtid_binlog_pos")[0][0]
         return self.replica.execute("SELECT @@gtid_slave_pos")[0][0] == primary_pos
-
-    def stop(self) -> None:
-        for node in (self.primary, self.replica):
-            try:
-                node.kill()
-            except Exception:  # noqa: BLE001
-                pass
-        if self.dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self.dir = ""
-
-    def _atexit_stop(self) -> None:
-        if os.getpid() == self._owner_pid:
-            self.stop()
 
 
 def main(argv: Optional[List[str]] = None) -> int:
