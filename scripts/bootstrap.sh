@@ -27,7 +27,10 @@ apt_install() {
 
 if command -v apt-get >/dev/null; then
     missing=()
-    for pkg in mariadb-server default-libmysqlclient-dev pkg-config build-essential python3-venv python3-dev; do
+    # redis-server: the broker of the Celery tests; libpcre2-dev, zlib1g-dev: uWSGI's build (pip install
+    # uwsgi compiles it) uses them for routing and compression when present.
+    for pkg in mariadb-server default-libmysqlclient-dev pkg-config build-essential python3-venv python3-dev \
+               redis-server libpcre2-dev zlib1g-dev; do
         installed "$pkg" || missing+=("$pkg")
     done
     if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
