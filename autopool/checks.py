@@ -7,6 +7,8 @@ Registered by ``autopool.apps.AutopoolConfig`` under the tag ``autopool``:
   in this process, so the alias is not pooled here;
 * ``autopool.W002`` ``CONN_MAX_AGE != 0`` on a pooled alias;
 * ``autopool.W003`` ``POOL`` on a backend autopool does not patch;
+* ``autopool.W004`` (``autopool.advice.check_leftovers``) a ``POOL_OPTIONS``
+  key left from django-db-connection-pool on another ENGINE;
 * ``autopool.I001`` ``AUTOPOOL_ENABLED`` turns pooling off while ``POOL`` is set;
 * ``autopool.E010`` a multi-host alias (``POOL["hosts"]``) without
   ``connect_timeout`` and ``read_timeout`` in ``OPTIONS``;
@@ -35,9 +37,9 @@ TAG = "autopool"
 MYSQL_ENGINE = "django.db.backends.mysql"
 
 INSTALL_HINT = (
-    "Call `import autopool; autopool.install()` in every entry point before Django loads the "
-    "database backend: at the top of manage.py, of wsgi.py/asgi.py (before "
-    "get_wsgi_application()) and of the Celery app module (celery.py). Silence with "
+    "The autopool app calls autopool.install() unless AUTOPOOL_AUTO_INSTALL = False: remove that "
+    "setting, or call `import autopool; autopool.install()` in every entry point (manage.py, "
+    "wsgi.py/asgi.py, the Celery app module celery.py) before its first query. Silence with "
     "SILENCED_SYSTEM_CHECKS = ['autopool.W001'] if this process is meant to run unpooled."
 )
 
@@ -64,7 +66,7 @@ def check_databases(databases: Mapping[str, Mapping[str, Any]], *, installed: bo
             config_mod.parse(alias, db["POOL"])
         except ImproperlyConfigured as exc:
             messages.append(checks.Error(str(exc), obj=obj, id="autopool.E001",
-                                         hint="See the POOL option table in autopool's README."))
+                                         hint="See the POOL option table in autopool's documentation (docs/options.rst)."))
         except Exception as exc:  # noqa: BLE001 - e.g. a pool class whose import fails oddly
             messages.append(checks.Error(
                 f"DATABASES[{alias!r}]['POOL'] could not be parsed: {type(exc).__name__}: {exc}",
@@ -146,7 +148,7 @@ def _cluster_problems(alias: str, db: Mapping[str, Any],
         config_mod.check_hosts_options(alias, cfg, db.get("OPTIONS") or {})
     except ImproperlyConfigured as exc:
         found.append(checks.Error(str(exc), obj=obj, id="autopool.E010",
-                                  hint="See 'Clusters and replicas' in autopool's README."))
+                                  hint="See autopool's documentation, docs/clusters.rst."))
     if cfg.replica_of is not None and cfg.replica_of not in databases:
         found.append(checks.Error(
             f"DATABASES[{alias!r}]['POOL']['replica_of'] is {cfg.replica_of!r}, which is not a DATABASES "

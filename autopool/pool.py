@@ -49,6 +49,12 @@ def current_owner() -> Any:
     return weakref.ref(threading.current_thread())
 
 
+def _reclaim_hint(alias: str) -> str:
+    from .advice import reclaim_hint  # lazy: names CONN_MAX_AGE when that setting is the cause
+
+    return reclaim_hint(alias)
+
+
 def owner_dead(ref: Any) -> bool:
     owner = ref()
     if owner is None:
@@ -385,8 +391,7 @@ class QueuePool(Pool):
                 continue
             self.counters.leaks += 1
             logger.warning("reclaimed a connection of %r from a greenlet or thread that ended "
-                           "without closing it (call connection.close() / close_old_connections() when "
-                           "work outside a request ends)", self.name)
+                           "without closing it (%s)", self.name, _reclaim_hint(self.name))
             try:
                 rec.invalidate()
             finally:
@@ -429,8 +434,7 @@ class QueuePool(Pool):
             # back whatever it left open.
             self.counters.leaks += 1
             logger.warning("a connection of %r was garbage collected without close(); "
-                           "closing it (call connection.close() / close_old_connections() when "
-                           "work outside a request ends)", self.name)
+                           "closing it (%s)", self.name, _reclaim_hint(self.name))
             record.invalidate()
         if record.dbapi_connection is None:
             # Invalidated: its slot, not the dead record, goes back.

@@ -67,7 +67,7 @@ def test_not_installed_warns_where_to_install(obs_server: Server) -> None:
     assert message.id == "autopool.W001" and not message.is_serious()
     assert "'default', 'replica'" in message.msg and "'plain'" not in message.msg
     assert "autopool.install()" in message.msg
-    for where in ("manage.py", "wsgi.py", "celery.py", "before Django loads the database backend"):
+    for where in ("manage.py", "wsgi.py", "celery.py", "AUTOPOOL_AUTO_INSTALL = False"):
         assert where in message.hint
 
 

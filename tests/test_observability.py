@@ -499,6 +499,7 @@ import os
 
 SECRET_KEY = "obs"
 INSTALLED_APPS = ["autopool"]
+AUTOPOOL_AUTO_INSTALL = os.environ.get("OBS_INSTALL", "1") == "1"  # else the app installs it
 USE_TZ = True
 DATABASES = json.loads(os.environ["OBS_DATABASES"])
 if os.environ.get("OBS_DEBUG_LOG"):

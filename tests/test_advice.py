@@ -1,0 +1,345 @@
+"""Nothing silent in a newcomer's first hour: the app installs autopool, and misconfigurations warn.
+
+Each case runs a fresh process of a throw-away project whose entry points never call
+``autopool.install()`` (``wsgi.py``, ``asgi.py``, a worker script that calls
+``django.setup()`` as Celery's Django fix-up does, ``manage.py``), against the test
+server. Whether a process is pooled is read on the server: ``CONNECTION_ID()`` stays the
+same from one request to the next only when the connection came back from a pool.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import pytest
+
+from tests.mariadb import Server
+
+ROOT = Path(__file__).resolve().parent.parent
+DB_NAME = "autopool_advice"
+
+SETTINGS_PY = '''\
+import json
+import os
+
+if os.environ.get("AUTOPOOL_TEST_DRIVER") == "pymysql":  # where the docs put it: top of settings.py
+    import pymysql
+
+    pymysql.install_as_MySQLdb()
+
+SECRET_KEY = "advice"
+INSTALLED_APPS = ["autopool"]
+ROOT_URLCONF = "advproj.urls"
+ALLOWED_HOSTS = ["*"]
+USE_TZ = True
+DATABASES = json.loads(os.environ["ADV_DATABASES"])
+globals().update(json.loads(os.environ.get("ADV_SETTINGS", "{}")))
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "LOG %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {"autopool": {"handlers": ["stderr"], "level": "WARNING", "propagate": False}},
+}
+'''
+
+URLS_PY = '''\
+import json
+
+from django.db import connection
+from django.http import HttpResponse
+from django.urls import path
+
+import autopool
+
+
+def query(request):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT CONNECTION_ID()")
+        (cid,) = cursor.fetchone()
+    return HttpResponse(json.dumps({"cid": cid, "installed": autopool.is_installed(),
+                                    "pools": [s["alias"] for s in autopool.stats()]}))
+
+
+urlpatterns = [path("q", query)]
+'''
+
+# The stock files `django-admin startproject` writes, without a word about autopool.
+WSGI_PY = '''\
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "advproj.settings")
+application = get_wsgi_application()
+'''
+
+ASGI_PY = '''\
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "advproj.settings")
+application = get_asgi_application()
+'''
+
+MANAGE_PY = '''\
+import os
+import sys
+
+if __name__ == "__main__":
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "advproj.settings")
+    from django.core.management import execute_from_command_line
+
+    execute_from_command_line(sys.argv)
+'''
+
+# Serves REQUESTS requests through one entry point, as its server would, and prints one JSON line.
+DRIVE_PY = '''\
+import asyncio
+import io
+import json
+import sys
+import threading
+
+kind, requests = sys.argv[1], int(sys.argv[2])
+results = []
+
+
+def wsgi():
+    from advproj.wsgi import application
+
+    for _ in range(requests):
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/q", "SERVER_NAME": "testserver", "SERVER_PORT": "80",
+                   "wsgi.input": io.BytesIO(), "wsgi.url_scheme": "http", "QUERY_STRING": ""}
+        response = application(environ, lambda status, headers: None)
+        body = b"".join(response)
+        response.close()  # what the server does: Django's request_finished, connection.close()
+        results.append(json.loads(body))
+
+
+def asgi():
+    from advproj.asgi import application
+
+    async def one():
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+                 "scheme": "http", "path": "/q", "raw_path": b"/q", "query_string": b"", "root_path": "",
+                 "headers": [(b"host", b"testserver")], "client": ("127.0.0.1", 1), "server": ("testserver", 80)}
+        sent, body = [], []
+
+        async def receive():
+            if not sent:
+                sent.append(True)
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await asyncio.Event().wait()  # no disconnect: Django cancels this once it has answered
+
+        async def send(message):
+            if message["type"] == "http.response.body":
+                body.append(message.get("body", b""))
+
+        await application(scope, receive, send)
+        return json.loads(b"".join(body))
+
+    for _ in range(requests):
+        results.append(asyncio.run(one()))
+
+
+def worker():
+    # A worker process (Celery's Django fix-up calls django.setup() in each one); each task on a
+    # thread of its own, closing its connection at the end as the fix-up does.
+    import django
+
+    django.setup()
+    from django.db import connection
+
+    import autopool
+
+    def task():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT CONNECTION_ID()")
+            results.append({"cid": cursor.fetchone()[0], "installed": autopool.is_installed(),
+                            "pools": [s["alias"] for s in autopool.stats()]})
+        connection.close()
+
+    for _ in range(requests):
+        thread = threading.Thread(target=task)
+        thread.start()
+        thread.join()
+
+
+def leak():
+    # A thread that ends without closing its connection (CONN_MAX_AGE keeps it): the pool reclaims it.
+    import time
+
+    import django
+
+    django.setup()
+    from django.db import connection
+
+    import autopool
+
+    def task():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+
+    thread = threading.Thread(target=task)
+    thread.start()
+    thread.join()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not autopool.stats("default")[0]["leaks"]:
+        time.sleep(0.05)
+    results.append({"leaks": autopool.stats("default")[0]["leaks"]})
+
+
+{"wsgi": wsgi, "asgi": asgi, "worker": worker, "leak": leak}[kind]()
+print(json.dumps(results))
+'''
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, mariadb: Server) -> Path:
+    mariadb.execute(f"CREATE DATABASE IF NOT EXISTS {DB_NAME}")
+    root = tmp_path_factory.mktemp("advproject")
+    (root / "advproj").mkdir()
+    for name, text in {"manage.py": MANAGE_PY, "drive.py": DRIVE_PY, "advproj/__init__.py": "",
+                       "advproj/settings.py": SETTINGS_PY, "advproj/urls.py": URLS_PY,
+                       "advproj/wsgi.py": WSGI_PY, "advproj/asgi.py": ASGI_PY}.items():
+        (root / name).write_text(text)
+    yield root
+    mariadb.execute(f"DROP DATABASE IF EXISTS {DB_NAME}")
+
+
+def database(server: Server, **extra: Any) -> Dict[str, Any]:
+    db = {"ENGINE": "django.db.backends.mysql", "NAME": DB_NAME, "HOST": server.host, "PORT": str(server.port),
+          "USER": server.user, "PASSWORD": server.password}
+    db.update(extra)
+    return db
+
+
+def run(project: Path, args: List[str], databases: Dict[str, Any], settings: Optional[Dict[str, Any]] = None,
+        env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if k not in ("AUTOPOOL_ENABLED", "DJANGO_SETTINGS_MODULE")}
+    environ.update(PYTHONPATH=os.pathsep.join([str(project), str(ROOT)]), PYTHONDONTWRITEBYTECODE="1",
+                   ADV_DATABASES=json.dumps(databases), ADV_SETTINGS=json.dumps(settings or {}),
+                   DJANGO_SETTINGS_MODULE="advproj.settings", **(env or {}))
+    proc = subprocess.run([sys.executable, *args], cwd=project, env=environ, text=True, capture_output=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def serve(project: Path, kind: str, databases: Dict[str, Any], requests: int = 4,
+          **kw: Any) -> tuple[List[Dict[str, Any]], str]:
+    proc = run(project, ["drive.py", kind, str(requests)], databases, **kw)
+    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+
+
+def logged(stderr: str, check_id: str) -> List[str]:
+    """The ``autopool`` logger's WARNING records for ``check_id``."""
+    return [line for line in stderr.splitlines() if line.startswith(f"LOG WARNING autopool {check_id}: ")]
+
+
+def assert_pooled(results: List[Dict[str, Any]]) -> None:
+    assert all(r["installed"] and r["pools"] == ["default"] for r in results), results
+    assert len({r["cid"] for r in results}) == 1, results  # one server session served every request
+
+
+ENTRY_POINTS = ["wsgi", "asgi", "worker"]
+
+
+@pytest.mark.parametrize("kind", ENTRY_POINTS)
+def test_the_app_alone_pools_every_entry_point(project: Path, mariadb: Server, kind: str) -> None:
+    opened = mariadb.status("Connections")
+    results, stderr = serve(project, kind, {"default": database(mariadb, POOL={"pool_size": 2})}, requests=6)
+    assert_pooled(results)
+    assert mariadb.status("Connections") - opened <= 2  # the pooled connection (+ the status query)
+    assert "autopool." not in stderr and "AutopoolWarning" not in stderr, stderr
+
+
+def test_the_app_alone_pools_management_commands(project: Path, mariadb: Server) -> None:
+    code = ("import json, autopool\nfrom django.db import connection\ncids = []\nfor _ in range(3):\n"
+            "    with connection.cursor() as c:\n        c.execute('SELECT CONNECTION_ID()')\n"
+            "        cids.append(c.fetchone()[0])\n    connection.close()\n"
+            "print(json.dumps([autopool.is_installed(), cids]))")
+    proc = run(project, ["manage.py", "shell", "-c", code], {"default": database(mariadb, POOL={})})
+    installed, cids = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert installed and len(set(cids)) == 1, proc.stdout
+
+
+@pytest.mark.parametrize("kind", ENTRY_POINTS)
+def test_pool_without_install_warns_once_at_the_first_connection(project: Path, mariadb: Server, kind: str) -> None:
+    results, stderr = serve(project, kind, {"default": database(mariadb, POOL={})},
+                            settings={"AUTOPOOL_AUTO_INSTALL": False})
+    assert not any(r["installed"] for r in results) and len({r["cid"] for r in results}) == len(results)
+    [line] = logged(stderr, "autopool.W001")  # four requests, one warning
+    assert ("DATABASES['default'] has a POOL setting, but autopool.install() was not called in this process"
+            in line)
+    assert "drive.py" in line and "AUTOPOOL_AUTO_INSTALL = False" in line and "wsgi.py" in line
+    assert "AutopoolWarning: autopool.W001" in stderr
+
+
+def test_install_after_setup_is_not_reported(project: Path, mariadb: Server) -> None:
+    code = ("import autopool\nautopool.install()\nfrom django.db import connection\n"
+            "connection.cursor().execute('SELECT 1')\nconnection.close()\nprint(autopool.stats()[0]['alias'])")
+    proc = run(project, ["manage.py", "shell", "-c", code], {"default": database(mariadb, POOL={})},
+               settings={"AUTOPOOL_AUTO_INSTALL": False})
+    assert proc.stdout.strip().splitlines()[-1] == "default"
+    assert "autopool.W001" not in proc.stderr
+
+
+def test_conn_max_age_warns_at_start_up_in_every_process(project: Path, mariadb: Server) -> None:
+    dbs = {"default": database(mariadb, POOL={}, CONN_MAX_AGE=60)}
+    for kind in ENTRY_POINTS:
+        _, stderr = serve(project, kind, dbs)
+        [line] = logged(stderr, "autopool.W002")
+        assert "DATABASES['default'] sets CONN_MAX_AGE=60 on a pooled alias" in line
+        assert "HINT: Set CONN_MAX_AGE to 0" in line
+    check = run(project, ["manage.py", "check"], dbs)
+    [line] = logged(check.stderr, "autopool.W002")
+    # manage.py check reports the same text under the same ID.
+    assert line.split("autopool.W002: ", 1)[1].split(" HINT: ")[0] in check.stderr.replace(line, "")
+
+
+def test_a_connection_left_open_by_conn_max_age_names_the_setting(project: Path, mariadb: Server) -> None:
+    [result], stderr = serve(project, "leak", {"default": database(mariadb, POOL={}, CONN_MAX_AGE=60)})
+    assert result["leaks"] == 1
+    reclaimed = [line for line in stderr.splitlines() if "reclaimed a connection of 'default'" in line]
+    assert reclaimed and "CONN_MAX_AGE=60" in reclaimed[0] and "set CONN_MAX_AGE to 0" in reclaimed[0]
+
+
+def test_pool_options_left_from_django_db_connection_pool(project: Path, mariadb: Server) -> None:
+    dbs = {"default": database(mariadb, POOL_OPTIONS={"POOL_SIZE": 10, "MAX_OVERFLOW": 10})}
+    results, stderr = serve(project, "wsgi", dbs)
+    assert not any(r["pools"] for r in results)  # not pooled: exactly what the warning says
+    [line] = logged(stderr, "autopool.W004")
+    assert ("DATABASES['default'] has POOL_OPTIONS, but its ENGINE is 'django.db.backends.mysql', not "
+            "django-db-connection-pool's: nothing reads it, so this alias is not pooled." in line)
+    assert "autopool.compat.from_dj_db_conn_pool(DATABASES)" in line
+    check = run(project, ["manage.py", "check"], dbs)
+    assert "DATABASES['default']: (autopool.W004) DATABASES['default'] has POOL_OPTIONS" in check.stderr
+
+    # Still on django-db-connection-pool's ENGINE: its own setting, nothing to say.
+    from autopool.advice import leftovers
+
+    assert leftovers({"default": dict(dbs["default"], ENGINE="dj_db_conn_pool.backends.mysql")}) == []
+    [both] = leftovers({"default": dict(dbs["default"], POOL={})})
+    assert "POOL_OPTIONS is ignored and POOL is used" in both.msg
+
+
+def test_a_bad_pool_warns_at_start_up(project: Path, mariadb: Server) -> None:
+    proc = run(project, ["manage.py", "shell", "-c", "print('started')"],
+               {"default": database(mariadb, POOL={"max_overflw": 3})})
+    [line] = logged(proc.stderr, "autopool.E001")
+    assert re.search(r"\['max_overflw'\]: unknown option \(did you mean 'max_overflow'\?\)", line)
+
+
+def test_disabled_by_the_environment_says_so_quietly(project: Path, mariadb: Server) -> None:
+    results, stderr = serve(project, "wsgi", {"default": database(mariadb, POOL={}, CONN_MAX_AGE=60)},
+                            env={"AUTOPOOL_ENABLED": "0"})
+    assert not any(r["pools"] for r in results)
+    assert "WARNING" not in stderr and "AutopoolWarning" not in stderr, stderr
