@@ -135,6 +135,8 @@ def startup() -> None:
     from .patch import is_installed
 
     enabled = config_mod.enabled()
+    if _running_check_command():
+        return  # ``manage.py check`` prints these findings itself, once
     for message in problems(settings.DATABASES, installed=is_installed(), enabled=enabled):
         report(message)
     if not enabled:
@@ -144,6 +146,13 @@ def startup() -> None:
                         ", ".join(repr(a) for a in pooled))
     elif not is_installed():
         watch_connections()
+
+
+def _running_check_command() -> bool:
+    """Whether this process is ``manage.py check`` / ``django-admin check``."""
+    argv = sys.argv
+    return len(argv) > 1 and argv[1] == "check" and os.path.basename(argv[0]) in (
+        "manage.py", "django-admin", "django-admin.py", "__main__.py")
 
 
 def watch_connections() -> None:
