@@ -1,16 +1,24 @@
 """What autopool needs to know about the DB-API driver behind Django's backend.
 
 Django's MySQL backend imports ``MySQLdb``: that is mysqlclient, or PyMySQL
-after ``pymysql.install_as_MySQLdb()``. Each :class:`Driver` answers three
-questions without a round trip where the driver allows it: which SQLAlchemy
-dialect pings and resets its connections, whether a connection may be inside
-a transaction, and how to reset a server session.
+after ``pymysql.install_as_MySQLdb()``. Each :class:`Driver` answers, without
+a round trip where the driver allows it: which SQLAlchemy dialect pings and
+resets its connections, whether a connection may be inside a transaction,
+which database it is in (a request's ``USE`` must not reach the next one),
+whether a result is still unread on it, and how to reset a server session.
+
+The current database is tracked client-side from the server's session
+tracking (``session_track_schema``, on by default in MariaDB and MySQL):
+every reply to a statement that changed it carries the new name. MariaDB
+Connector/C (behind mysqlclient) keeps it in its connection handle; PyMySQL
+does not ask for session tracking, so autopool asks for it when it connects
+and reads the schema out of the replies that carry one.
 """
 from __future__ import annotations
 
 import ctypes
 import logging
-from typing import Any, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 # (sql, args) run through a DB-API cursor.
 Statement = Tuple[str, Optional[List[Any]]]
@@ -19,7 +27,23 @@ logger = logging.getLogger("autopool")
 
 SERVER_STATUS_IN_TRANS = 0x0001
 SERVER_STATUS_AUTOCOMMIT = 0x0002
+SERVER_MORE_RESULTS_EXIST = 0x0008
+SERVER_SESSION_STATE_CHANGED = 0x4000
+SESSION_TRACK_SCHEMA = 0x01
+CLIENT_SESSION_TRACK = 1 << 23
 COM_RESET_CONNECTION = 0x1F
+
+
+class _Unknown:
+    """The driver cannot tell (a missing client library feature): see :meth:`Driver.schema`."""
+
+    def __repr__(self) -> str:
+        return "UNKNOWN"
+
+
+UNKNOWN = _Unknown()
+# What Driver.schema() returns: the current database, None for none, or UNKNOWN.
+Schema = Union[str, None, _Unknown]
 
 
 class Driver:
@@ -42,6 +66,33 @@ class Driver:
             return True
         return bool(status & SERVER_STATUS_IN_TRANS) or not status & SERVER_STATUS_AUTOCOMMIT
 
+    def connect_params(self, params: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The parameters a pooled connection is opened with (what the driver needs added)."""
+        return params
+
+    def prepare(self, conn: Any) -> None:
+        """Once per new physical connection, before anyone uses it."""
+
+    def schema(self, conn: Any) -> Schema:
+        """The connection's current database as the client tracked it, without a round trip.
+
+        None: no database selected (or the current one was dropped); UNKNOWN:
+        this driver or client library cannot tell.
+        """
+        return UNKNOWN
+
+    def unread_result(self, conn: Any) -> Optional[bool]:
+        """True when a result (or a further result of a multi-result reply) is still unread.
+
+        Such a connection cannot take the next user's command (mysqlclient
+        fails it with 2014 "Commands out of sync"; PyMySQL silently reads the
+        rest of the stream first). None: this driver cannot tell.
+        """
+        return None
+
+    def forget_unread(self, conn: Any) -> None:
+        """Before closing a connection with an unread result: nothing is read from it any more."""
+
     def reset_session(self, conn: Any, setup: Sequence[Statement] = ()) -> None:
         """COM_RESET_CONNECTION, then re-run the driver's connect-time ``setup``.
 
@@ -51,7 +102,9 @@ class Driver:
         before the reset (a ``SET NAMES latin1`` turns the next user's utf8mb4
         into mojibake), and a ``collation``, ``sql_mode`` or ``init_command``
         from ``OPTIONS`` is gone. ``setup`` (:meth:`session_setup`) restores
-        them: one round trip for the reset, one per statement.
+        them: one round trip for the reset, one per statement. It includes
+        the role the session had when it connected (``SET ROLE``): MariaDB
+        10.11's reset keeps the current role.
         """
         self._send_reset(conn)
         cursor = conn.cursor()
@@ -67,7 +120,10 @@ class Driver:
         raise NotImplementedError
 
     def session_setup(self, conn: Any, conn_params: Mapping[str, Any]) -> Tuple[Statement, ...]:
-        """The statements that redo what the driver set up when it connected."""
+        """The statements that redo what the driver set up when it connected.
+
+        Called on a fresh connection only (one round trip: its login role).
+        """
         charset, collation = self.character_set(conn, conn_params)
         names = f"SET NAMES {charset}" + (f" COLLATE {collation}" if collation else "") if charset else None
         sql_mode = conn_params.get("sql_mode")
@@ -77,7 +133,24 @@ class Driver:
             "sql_mode": ("SET SESSION sql_mode = %s", [sql_mode]) if sql_mode is not None else None,
             "init_command": (init_command, None) if init_command else None,
         }
-        return tuple(steps[name] for name in self.SETUP_ORDER if steps[name] is not None)
+        setup = tuple(steps[name] for name in self.SETUP_ORDER if steps[name] is not None)
+        return setup + (self._role_statement(conn),)
+
+    @staticmethod
+    def _role_statement(conn: Any) -> Statement:
+        # The role the account starts with (SET DEFAULT ROLE), else none.
+        cursor = conn.cursor()
+        try:
+            cursor.execute("SELECT CURRENT_ROLE()")
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+        role = row[0] if row else None
+        if isinstance(role, (bytes, bytearray)):
+            role = role.decode("utf-8", "surrogateescape")
+        if not role:
+            return ("SET ROLE NONE", None)
+        return ("SET ROLE `" + role.replace("`", "``") + "`", None)
 
     # The order in which the driver runs them when it connects.
     SETUP_ORDER: Tuple[str, ...] = ("names", "sql_mode", "init_command")
@@ -100,6 +173,45 @@ class PyMySQLDriver(Driver):
     def server_status(self, conn: Any) -> Optional[int]:
         return getattr(conn, "server_status", None)
 
+    def connect_params(self, params: Mapping[str, Any]) -> Mapping[str, Any]:
+        # Ask for session tracking: the server then names the new database in
+        # the reply to a USE (or COM_INIT_DB). Nothing else changes for
+        # PyMySQL but the bytes it keeps as the reply's message.
+        flags = params.get("client_flag") or 0
+        if flags & CLIENT_SESSION_TRACK:
+            return params
+        return dict(params, client_flag=flags | CLIENT_SESSION_TRACK)
+
+    def prepare(self, conn: Any) -> None:
+        tracked = bool(getattr(conn, "server_capabilities", 0) & CLIENT_SESSION_TRACK
+                       and getattr(conn, "client_flag", 0) & CLIENT_SESSION_TRACK)
+        if not tracked:
+            return  # the server does not track sessions: schema() stays UNKNOWN
+        db = conn.db
+        if isinstance(db, (bytes, bytearray)):
+            db = bytes(db).decode(getattr(conn, "encoding", None) or "utf-8", "surrogateescape")
+        conn.__dict__[SCHEMA_ATTR] = db or None
+        conn.__class__ = _schema_tracking_class(type(conn))
+
+    def schema(self, conn: Any) -> Schema:
+        return conn.__dict__.get(SCHEMA_ATTR, UNKNOWN)
+
+    def unread_result(self, conn: Any) -> Optional[bool]:
+        # A buffered further result (has_next) is read by PyMySQL itself
+        # before the next command; a stream left open would be read to its
+        # end first (with a warning), however long it is.
+        result = getattr(conn, "_result", None)
+        return result is not None and bool(result.unbuffered_active)
+
+    def forget_unread(self, conn: Any) -> None:
+        # The connection is about to be closed: the cursor still holding the
+        # stream must not try to read the rest of it from a closed socket
+        # when it is closed or collected (an exception nobody can catch).
+        result = getattr(conn, "_result", None)
+        if result is not None:
+            result.unbuffered_active = False
+            conn._result = None
+
     def _send_reset(self, conn: Any) -> None:
         conn._execute_command(COM_RESET_CONNECTION, b"")
         conn._read_ok_packet()
@@ -108,22 +220,172 @@ class PyMySQLDriver(Driver):
         return getattr(conn, "charset", None), getattr(conn, "collation", None)
 
 
+SCHEMA_ATTR = "_autopool_schema"  # PyMySQL: the current database, from session tracking
+
+
+def tracked_schema(message: Optional[bytes]) -> Optional[bytes]:
+    """The schema named in an OK packet's session state, or None if it names none.
+
+    ``message``: what follows the status and warning count in an OK packet
+    whose status has SERVER_SESSION_STATE_CHANGED: the info string, then the
+    session state changes (length-encoded, each a type byte and a
+    length-encoded payload; SESSION_TRACK_SCHEMA's payload is the name as a
+    length-encoded string).
+    """
+    if not message:
+        return None
+    try:
+        pos = 0
+        length, pos = _lenenc_int(message, pos)
+        pos += length  # the info string
+        total, pos = _lenenc_int(message, pos)
+        end = pos + total
+        found = None
+        while pos < end:
+            kind = message[pos]
+            size, pos = _lenenc_int(message, pos + 1)
+            if kind == SESSION_TRACK_SCHEMA:
+                name_length, start = _lenenc_int(message, pos)
+                found = bytes(message[start:start + name_length])
+            pos += size
+        return found
+    except IndexError:
+        return None
+
+
+def _lenenc_int(data: bytes, pos: int) -> Tuple[int, int]:
+    first = data[pos]
+    if first < 0xFB:
+        return first, pos + 1
+    width = {0xFC: 2, 0xFD: 3, 0xFE: 8}.get(first)
+    if width is None:
+        raise IndexError("not a length")
+    return int.from_bytes(data[pos + 1:pos + 1 + width], "little"), pos + 1 + width
+
+
+_tracking_classes: Dict[type, type] = {}
+
+
+def _schema_tracking_class(base: type) -> type:
+    """A subclass of PyMySQL's Connection that notes the schema named in its replies.
+
+    Only replies with SERVER_SESSION_STATE_CHANGED are parsed (a USE, a
+    COM_INIT_DB, or a tracked variable such as autocommit changing); every
+    other reply costs one bit test.
+    """
+    cls = _tracking_classes.get(base)
+    if cls is not None:
+        return cls
+
+    def _note(conn: Any, message: Optional[bytes]) -> None:
+        name = tracked_schema(message)
+        if name is not None:
+            conn.__dict__[SCHEMA_ATTR] = name.decode(conn.encoding or "utf-8", "surrogateescape") or None
+
+    class SchemaTracking(base):  # type: ignore[misc, valid-type]
+        def _read_query_result(self, unbuffered: bool = False) -> Any:
+            rows = super()._read_query_result(unbuffered=unbuffered)
+            result = self._result
+            if result is not None and (result.server_status or 0) & SERVER_SESSION_STATE_CHANGED:
+                _note(self, result.message)
+            return rows
+
+        def _read_ok_packet(self) -> Any:
+            ok = super()._read_ok_packet()
+            if ok.server_status & SERVER_SESSION_STATE_CHANGED:
+                _note(self, ok.message)
+            return ok
+
+    SchemaTracking.__name__ = SchemaTracking.__qualname__ = base.__name__
+    SchemaTracking.__module__ = base.__module__
+    cls = _tracking_classes[base] = SchemaTracking
+    return cls
+
+
+class _NET(ctypes.Structure):
+    # NET in mariadb_com.h (Connector/C 3.x)
+    _fields_ = [("pvio", ctypes.c_void_p), ("buff", ctypes.c_void_p), ("buff_end", ctypes.c_void_p),
+                ("write_pos", ctypes.c_void_p), ("read_pos", ctypes.c_void_p), ("fd", ctypes.c_int),
+                ("remain_in_buf", ctypes.c_ulong), ("length", ctypes.c_ulong), ("buf_length", ctypes.c_ulong),
+                ("where_b", ctypes.c_ulong), ("max_packet", ctypes.c_ulong), ("max_packet_size", ctypes.c_ulong),
+                ("pkt_nr", ctypes.c_uint), ("compress_pkt_nr", ctypes.c_uint), ("write_timeout", ctypes.c_uint),
+                ("read_timeout", ctypes.c_uint), ("retry_count", ctypes.c_uint), ("fcntl", ctypes.c_int),
+                ("return_status", ctypes.c_void_p), ("reading_or_writing", ctypes.c_ubyte),
+                ("save_char", ctypes.c_char), ("unused_1", ctypes.c_char), ("unused_2", ctypes.c_char),
+                ("compress", ctypes.c_char), ("unused_3", ctypes.c_char), ("unused_4", ctypes.c_void_p),
+                ("last_errno", ctypes.c_uint), ("error", ctypes.c_ubyte), ("unused_5", ctypes.c_char),
+                ("unused_6", ctypes.c_char), ("last_error", ctypes.c_char * 512), ("sqlstate", ctypes.c_char * 6),
+                ("extension", ctypes.c_void_p)]
+
+
+class _MemRoot(ctypes.Structure):
+    _fields_ = [("free", ctypes.c_void_p), ("used", ctypes.c_void_p), ("pre_alloc", ctypes.c_void_p),
+                ("min_malloc", ctypes.c_size_t), ("block_size", ctypes.c_size_t), ("block_num", ctypes.c_uint),
+                ("first_block_usage", ctypes.c_uint), ("error_handler", ctypes.c_void_p)]
+
+
+class _Options(ctypes.Structure):
+    # struct st_mysql_options in mysql.h
+    _fields_ = ([(n, ctypes.c_uint) for n in ("connect_timeout", "read_timeout", "write_timeout", "port",
+                                               "protocol")]
+                + [("client_flag", ctypes.c_ulong)]
+                + [(n, ctypes.c_void_p) for n in ("host", "user", "password", "unix_socket", "db", "init_command",
+                                                   "my_cnf_file", "my_cnf_group", "charset_dir", "charset_name",
+                                                   "ssl_key", "ssl_cert", "ssl_ca", "ssl_capath", "ssl_cipher",
+                                                   "shared_memory_base_name")]
+                + [("max_allowed_packet", ctypes.c_ulong)]
+                + [(n, ctypes.c_char) for n in ("use_ssl", "compress", "named_pipe", "reconnect", "unused_1",
+                                                 "unused_2", "unused_3")]
+                + [("methods_to_use", ctypes.c_int), ("bind_address", ctypes.c_void_p),
+                   ("secure_auth", ctypes.c_char), ("report_data_truncation", ctypes.c_char)]
+                + [(n, ctypes.c_void_p) for n in ("local_infile_init", "local_infile_read", "local_infile_end",
+                                                   "local_infile_error", "local_infile_userdata", "extension")])
+
+
+class _MYSQL(ctypes.Structure):
+    """The head of MariaDB Connector/C's MYSQL handle, up to ``status`` (mysql.h, libmariadb.so.3).
+
+    ``status`` is the client's own state (MYSQL_STATUS_READY = 0; USE_RESULT
+    while a streamed result is unread). No function returns it, so it is read
+    from the handle; :meth:`_Native.verify` checks this layout against values
+    the library returns before trusting it.
+    """
+
+    _fields_ = ([("net", _NET), ("unused_0", ctypes.c_void_p)]
+                + [(n, ctypes.c_void_p) for n in ("host", "user", "passwd", "unix_socket", "server_version",
+                                                   "host_info", "info", "db", "charset", "fields")]
+                + [("field_alloc", _MemRoot), ("affected_rows", ctypes.c_ulonglong),
+                   ("insert_id", ctypes.c_ulonglong), ("extra_info", ctypes.c_ulonglong),
+                   ("thread_id", ctypes.c_ulong), ("packet_length", ctypes.c_ulong), ("port", ctypes.c_uint),
+                   ("client_flag", ctypes.c_ulong), ("server_capabilities", ctypes.c_ulong)]
+                + [(n, ctypes.c_uint) for n in ("protocol_version", "field_count", "server_status",
+                                                 "server_language", "warning_count")]
+                + [("options", _Options), ("status", ctypes.c_int)])
+
+
+MYSQL_STATUS_READY = 0
+
+
 class _Native:
     """ctypes access to mysqlclient's MYSQL handle (MariaDB Connector/C).
 
-    mysqlclient exposes neither the server status flags nor
-    mysql_reset_connection(); the C library behind it has both, and
+    mysqlclient exposes neither the server status flags, nor the current
+    database the library tracks, nor whether a streamed result is unread,
+    nor mysql_reset_connection(); the C library behind it has them all, and
     ``_get_native_connection()`` hands out the handle for exactly this kind
-    of use. Checked once against the driver's own autocommit flag; any
+    of use. Checked once against values the driver itself returns; any
     mismatch or missing symbol turns the feature off (autopool then rolls
-    back on every return instead of only when needed).
+    back on every return instead of only when needed, and cannot see a
+    ``USE`` or an unread result).
     """
 
     # enum mariadb_value in mysql.h (Connector/C 3.x)
+    MARIADB_CONNECTION_SCHEMA = 15
     MARIADB_CONNECTION_SERVER_STATUS = 30
 
     def __init__(self, extension_path: str) -> None:
         self.get_infov = self.reset = None
+        self.layout_ok = False  # _MYSQL matches the library: the client status is readable
         try:
             lib = ctypes.CDLL(extension_path)
             get_infov = lib.mariadb_get_infov
@@ -144,22 +406,38 @@ class _Native:
     def handle(self, conn: Any) -> int:
         return self._native_of(conn)[0]
 
-    def _native_of(self, conn: Any) -> Tuple[int, Any, int]:
-        # (handle, status buffer, its address): stable for the life of the
-        # connection, so fetched once and kept on it; the status is read on
-        # every return.
+    def _native_of(self, conn: Any) -> Tuple[int, Any, int, Any, int, Any]:
+        # (handle, status buffer, its address, schema buffer, its address,
+        # the handle seen as _MYSQL): stable for the life of the connection,
+        # so built once and kept on it; they are read on every return.
         native = conn.__dict__.get("_autopool_native")
         if native is None:
             handle = self._capsule_pointer(conn._get_native_connection(), b"_mysql.connection.native_connection")
-            buffer = ctypes.c_uint(0)
-            native = conn.__dict__["_autopool_native"] = (handle, buffer, ctypes.addressof(buffer))
+            status = ctypes.c_uint(0)
+            schema = ctypes.c_char_p()
+            native = conn.__dict__["_autopool_native"] = (
+                handle, status, ctypes.addressof(status), schema, ctypes.addressof(schema),
+                _MYSQL.from_address(handle))
         return native
 
     def status(self, conn: Any) -> Optional[int]:
-        handle, buffer, address = self._native_of(conn)
-        if self.get_infov(handle, self.MARIADB_CONNECTION_SERVER_STATUS, address):
+        native = self._native_of(conn)
+        if self.get_infov(native[0], self.MARIADB_CONNECTION_SERVER_STATUS, native[2]):
             return None
-        return buffer.value
+        return native[1].value
+
+    def schema(self, conn: Any) -> Schema:
+        native = self._native_of(conn)
+        if self.get_infov(native[0], self.MARIADB_CONNECTION_SCHEMA, native[4]):
+            return UNKNOWN
+        name = native[3].value
+        return name.decode("utf-8", "surrogateescape") if name else None
+
+    def client_busy(self, conn: Any) -> Optional[bool]:
+        """True when the library waits for the caller to read a result (mysql->status)."""
+        if not self.layout_ok:
+            return None
+        return self._native_of(conn)[5].status != MYSQL_STATUS_READY
 
     def verify(self, conn: Any) -> bool:
         try:
@@ -171,8 +449,26 @@ class _Native:
         if not ok:
             logger.info("mysqlclient server status not readable; rolling back on every return")
             self.get_infov = None
+        else:
+            self.layout_ok = self._layout_matches(conn, status)
+            if not self.layout_ok:
+                logger.info("MariaDB Connector/C's MYSQL layout is not the one autopool knows: an unread "
+                            "streamed result is not detected on return")
         self.verified = True
         return ok
+
+    def _layout_matches(self, conn: Any, status: int) -> bool:
+        # Fields on both sides of the options block, compared with what the
+        # library and the driver report: a different layout fails them.
+        try:
+            view = self._native_of(conn)[5]
+            schema = self._native_of(conn)[3]
+            self.get_infov(self.handle(conn), self.MARIADB_CONNECTION_SCHEMA, self._native_of(conn)[4])
+            return (view.thread_id == conn.thread_id() and view.server_status == status
+                    and view.db == ctypes.cast(schema, ctypes.c_void_p).value
+                    and 0 <= view.status <= 8)  # enum mysql_status
+        except Exception:  # noqa: BLE001 - any failure means "not available"
+            return False
 
 
 class MySQLclientDriver(Driver):
@@ -191,13 +487,32 @@ class MySQLclientDriver(Driver):
 
         return MySQLDialect_mysqldb(dbapi=self.module)
 
-    def server_status(self, conn: Any) -> Optional[int]:
+    def _ready_native(self, conn: Any) -> Optional[_Native]:
         native = self._native
         if native is None or native.get_infov is None:
             return None
         if not native.verified and not native.verify(conn):
             return None
-        return native.status(conn)
+        return native
+
+    def server_status(self, conn: Any) -> Optional[int]:
+        native = self._ready_native(conn)
+        return None if native is None else native.status(conn)
+
+    def schema(self, conn: Any) -> Schema:
+        native = self._ready_native(conn)
+        return UNKNOWN if native is None else native.schema(conn)
+
+    def unread_result(self, conn: Any) -> Optional[bool]:
+        native = self._ready_native(conn)
+        if native is None:
+            return None
+        busy = native.client_busy(conn)
+        status = native.status(conn)
+        more = status is not None and bool(status & SERVER_MORE_RESULTS_EXIST)
+        if busy is None:
+            return True if more else None
+        return busy or more
 
     # mysqlclient runs init_command inside mysql_real_connect(), then sets
     # the character set and sql_mode.

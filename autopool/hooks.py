@@ -23,7 +23,7 @@ import weakref
 from typing import Any, Optional
 
 from . import config as config_mod
-from . import registry
+from . import drivers, registry
 from .pool import LEASED_ATTR as LEASED
 from .pool import OWNER_ATTR
 from .pool import current_owner, owner_dead
@@ -75,7 +75,8 @@ def get_new_connection(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -
     entry = registry.get(instance.alias, key)
     if entry is None:
         entry = registry.create(instance.alias, key, pool_setting, instance.Database,
-                                _creator(wrapped, conn_params), conn_params)
+                                _creator(wrapped, conn_params, drivers.for_module(instance.Database)),
+                                conn_params)
     fairy = entry.pool.connect()
     conn = fairy.dbapi_connection
     rec = fairy._connection_record
@@ -141,14 +142,16 @@ def _lease_owner(instance: Any) -> Any:
     return weakref.ref(lease)
 
 
-def _creator(wrapped: Any, conn_params: dict) -> Any:
+def _creator(wrapped: Any, conn_params: dict, driver: "drivers.Driver") -> Any:
     # The stock get_new_connection does not use ``self``; binding None keeps
     # the pool from holding a DatabaseWrapper (and its thread's state) alive.
     func = getattr(wrapped, "__func__", wrapped)
 
     def connect(params: Optional[dict] = None) -> Any:
         # ``params``: one host's parameters for a multi-host alias (hosts.py).
-        return func(None, conn_params if params is None else params)
+        conn = func(None, driver.connect_params(conn_params if params is None else params))
+        driver.prepare(conn)
+        return conn
 
     return connect
 
@@ -268,6 +271,15 @@ def release(instance: Any, fairy: Any) -> None:
         if not driver.is_open(conn):
             discard(fairy)
             return
+        if driver.unread_result(conn):
+            # A streaming cursor (SSCursor) not read to its end, or a further
+            # result of a CALL never fetched: the next user's command would
+            # fail ("Commands out of sync") or first read an unbounded stream.
+            logger.info("%r returned with a result still unread (a streaming cursor not read to its end?); "
+                        "closing the connection", entry.alias)
+            driver.forget_unread(conn)
+            discard(fairy)
+            return
         if cfg.sa_reset_on_return is None and (not instance.autocommit or driver.may_be_in_transaction(conn)):
             if not cfg.django_reset_on_return:
                 logger.warning("%r returned inside a transaction with no reset configured "
@@ -283,12 +295,38 @@ def release(instance: Any, fairy: Any) -> None:
             driver.reset_session(conn, rec.info.get(SETUP, ()))
             rec.info.pop(INIT, None)
             entry.counters.session_resets += 1
+        if not _back_to_own_database(entry, driver, conn):
+            discard(fairy)
+            return
     except Exception as exc:  # noqa: BLE001 - a failed reset means a broken connection
         logger.info("reset on return failed for %r (%s); closing the connection",
                     entry.alias, type(exc).__name__)
         discard(fairy)
         return
     fairy.close()
+
+
+def _back_to_own_database(entry: Any, driver: "drivers.Driver", conn: Any) -> bool:
+    """Undo a request's ``USE other``: False if the connection cannot be put back.
+
+    The driver reads the current database from the server's session tracking
+    without a round trip; only a connection that changed it pays one
+    (``select_db``). An alias without NAME cannot go back to "no database":
+    such a connection is closed instead.
+    """
+    current = driver.schema(conn)
+    if current is drivers.UNKNOWN:
+        return True
+    expected = entry.params.get("database") or None
+    if current == expected:
+        return True
+    if expected is None:
+        logger.info("%r (no NAME) returned in database %r; closing the connection", entry.alias, current)
+        return False
+    conn.select_db(expected)
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("a connection of %r returned in another database; back to its own", entry.alias)
+    return True
 
 
 def discard(fairy: Any) -> None:
