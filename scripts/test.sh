@@ -8,36 +8,60 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 PY=.venv/bin/python
 
+LOGS=$(mktemp -d)
 if [ -z "${AUTOPOOL_TEST_MYSQL_HOST:-}" ]; then
+    # Also exports AUTOPOOL_TEST_MYSQL_PID/_DIR: the tests know this server was started for them
+    # (time zone tables loaded, private servers allowed), not a server of someone else's.
     eval "$($PY -m tests.mariadb start --load-tz)"
-    trap '$PY -m tests.mariadb stop >/dev/null 2>&1 || true' EXIT
+    trap '$PY -m tests.mariadb stop >/dev/null 2>&1 || true; rm -rf "$LOGS"' EXIT
+else
+    trap 'rm -rf "$LOGS"' EXIT
 fi
 
 failed=()
+runs=()
 run() {
     local name=$1; shift
     echo "== tests: $name"
     local rc=0
-    "$@" || rc=$?
+    "$@" 2>&1 | tee "$LOGS/$name.log" || rc=$?
     if [ "$rc" = 5 ]; then echo "test.sh: pytest collected no tests ($name)" >&2; rc=1; fi
     [ "$rc" = 0 ] || failed+=("$name")
+    runs+=("$name")
 }
 
-# The Galera cluster tests run once, below; in the four runs they are skipped.
+# Every skipped test of every run, with its reason (pytest -rs): a skip is for something this
+# machine lacks or a driver a test is not about, never a test that silently stopped running.
+skip_list() {
+    echo "== skipped tests"
+    local name n=0
+    for name in "${runs[@]}"; do
+        grep -E '^SKIPPED ' "$LOGS/$name.log" | sed "s/^/[$name] /" || true
+    done
+    n=$(cat "$LOGS"/*.log 2>/dev/null | grep -cE '^SKIPPED ' || true)
+    echo "test.sh: $n skip line(s) in ${#runs[@]} run(s)"
+}
+
 GALERA=${AUTOPOOL_TEST_GALERA:-1}
 unset AUTOPOOL_TEST_GALERA
-PYTEST=(-m pytest tests -q -p no:cacheprovider "$@")
+# tests/test_galera.py runs once, below (AUTOPOOL_TEST_GALERA=1), not in these four runs.
+PYTEST=(-m pytest tests -q -p no:cacheprovider -rs --ignore=tests/test_galera.py "$@")
+# Tests marked gevent_subprocess run a fresh monkey-patched subprocess: the same run whether pytest
+# itself is patched or not, so the gevent runs deselect them (they run in both plain runs).
+NOT_SUBPROCESS=(-m "not gevent_subprocess")
 # The soak (tests/soak.py) runs 2 minutes in CI on mysqlclient, 20 s otherwise.
 SOAK=${AUTOPOOL_SOAK_SECONDS:-$([ -n "${CI:-}" ] && echo 120 || echo 20)}
 run "mysqlclient" env AUTOPOOL_TEST_DRIVER=mysqlclient AUTOPOOL_SOAK_SECONDS="$SOAK" "$PY" "${PYTEST[@]}"
 run "pymysql" env AUTOPOOL_TEST_DRIVER=pymysql "$PY" "${PYTEST[@]}"
-run "mysqlclient+gevent" env AUTOPOOL_TEST_DRIVER=mysqlclient "$PY" -m gevent.monkey --module "${PYTEST[@]:1}"
-run "pymysql+gevent" env AUTOPOOL_TEST_DRIVER=pymysql "$PY" -m gevent.monkey --module "${PYTEST[@]:1}"
+run "mysqlclient+gevent" env AUTOPOOL_TEST_DRIVER=mysqlclient "$PY" -m gevent.monkey --module "${PYTEST[@]:1}" \
+    "${NOT_SUBPROCESS[@]}"
+run "pymysql+gevent" env AUTOPOOL_TEST_DRIVER=pymysql "$PY" -m gevent.monkey --module "${PYTEST[@]:1}" \
+    "${NOT_SUBPROCESS[@]}"
 # A real 3-node Galera cluster and failover under gevent load (tests/test_galera.py, ~35 s). Its
 # load already runs in a gevent-patched subprocess, so one run covers it. AUTOPOOL_TEST_GALERA=0 skips.
 if [ "$GALERA" != 0 ]; then
     run "galera" env AUTOPOOL_TEST_GALERA=1 AUTOPOOL_TEST_DRIVER=mysqlclient "$PY" -m pytest tests/test_galera.py \
-        -q -p no:cacheprovider "$@"
+        -q -p no:cacheprovider -rs "$@"
 fi
 
 # Django's own test suite for the database layer, stock and then with autopool installed
@@ -56,6 +80,7 @@ if [ "${AUTOPOOL_TEST_MATRIX:-1}" != 0 ]; then
         tests/test_elastic.py tests/test_django_wrapper_semantics.py
 fi
 
+skip_list
 if [ ${#failed[@]} -gt 0 ]; then
     echo "test.sh: FAILED: ${failed[*]}" >&2
     exit 1

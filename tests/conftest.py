@@ -1,43 +1,73 @@
-"""Session-wide MariaDB server for the test suite.
+"""Session-wide MariaDB server for the test suite, started only when a test needs it.
 
-``get_server()`` starts it lazily, once: ``pytest_configure`` calls it so that Django settings can be
-configured from its host/port before any test module imports models.
-Set AUTOPOOL_TEST_MYSQL_HOST (and _PORT/_USER/_PASSWORD) to test against an existing server instead.
+Django is configured in ``pytest_configure`` (test modules import models at collection time), with
+the server's address left as a placeholder. The server starts at the first use of the ``mariadb``
+or ``server`` fixture, or at the first Django connection attempt of a test that asked for neither;
+the placeholder is then filled in, in the settings dicts Django's connection handler shares. So
+tests of pure pool logic (fakes and a clock) run on a machine with no MariaDB at all.
+
+Set AUTOPOOL_TEST_MYSQL_HOST (and _PORT/_USER/_PASSWORD) to test against an existing server instead;
+``scripts/test.sh`` also sets _PID/_DIR, naming a server it started for the tests (tests.mariadb).
 """
 from __future__ import annotations
 
-from typing import Optional
+import threading
+from typing import Any, Iterator
 
 import pytest
 
 from tests.mariadb import Server
 
-_server: Optional[Server] = None
+_server: Server | None = None
+_starting = threading.RLock()
 
 
 def get_server() -> Server:
+    """The session's server: started (and the test databases migrated) at the first call."""
     global _server
-    if _server is None:
-        # Time zone tables cost ~1 s; without them named zones (SET time_zone='Europe/Paris') fail.
-        _server = Server.from_env_or_start(load_tz=True)
+    with _starting:
+        if _server is None:
+            from tests import djsettings
+
+            # Time zone tables cost ~1 s; without them named zones (SET time_zone='Europe/Paris') fail.
+            server = Server.from_env_or_start(load_tz=True)
+            _server = server  # set first: point_at's own connections come back here (an RLock)
+            try:
+                djsettings.point_at(server)
+            except BaseException:
+                _server = None
+                server.stop()
+                raise
     return _server
+
+
+def _start_server_on_first_connect() -> None:
+    """A test that reaches the database without asking for the ``server`` fixture still gets one."""
+    from django.db.backends.mysql.base import DatabaseWrapper
+
+    original = DatabaseWrapper.get_connection_params
+
+    def get_connection_params(self: Any) -> Any:
+        get_server()
+        return original(self)
+
+    get_connection_params.__wrapped__ = original  # type: ignore[attr-defined]
+    DatabaseWrapper.get_connection_params = get_connection_params  # type: ignore[method-assign]
 
 
 def pytest_configure(config: pytest.Config) -> None:
     from tests import djsettings
 
     djsettings.use_driver()  # before anything imports MySQLdb
-    djsettings.configure(get_server())
+    djsettings.configure()
+    _start_server_on_first_connect()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     global _server
-    try:
-        import autopool
+    import autopool
 
-        autopool.dispose()
-    except Exception:  # noqa: BLE001 - the server stops anyway
-        pass
+    autopool.dispose()
     if _server is not None:
         _server.stop()
         _server = None
@@ -54,7 +84,7 @@ def server(mariadb: Server) -> Server:
 
 
 @pytest.fixture(autouse=True)
-def _close_connections():
+def _close_connections() -> Iterator[None]:
     """Every test starts and ends with no connection held by this thread."""
     from django.db import connections
 

@@ -10,6 +10,7 @@ Aliases:
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 from typing import Any, Dict
 
 DRIVER = os.environ.get("AUTOPOOL_TEST_DRIVER", "mysqlclient")
@@ -45,28 +46,28 @@ def database(server: Any, name: str, pool: Any = None, **extra: Any) -> Dict[str
     return entry
 
 
-def configure(server: Any) -> None:
+# Until a test needs the server (tests/conftest.py), the aliases point nowhere: a connection
+# attempt before ``point_at`` fails at once instead of reaching some other server.
+PLACEHOLDER = SimpleNamespace(host="127.0.0.1", port=1, user="no-server-yet", password="")
+
+
+def configure() -> None:
+    """Configure Django (apps, models, autopool installed) without a server."""
     import django
     from django.conf import settings
 
     if settings.configured:
         return
     use_driver()
-    server.create_database(DB_NAME)
-    server.create_database(OTHER_NAME)
-    for host in ("127.0.0.1", "localhost", "%"):
-        server.execute(f"CREATE USER IF NOT EXISTS '{OTHER_USER}'@'{host}' IDENTIFIED BY '{OTHER_PASSWORD}'")
-        server.execute(f"GRANT ALL PRIVILEGES ON {OTHER_NAME}.* TO '{OTHER_USER}'@'{host}'")
     settings.configure(
         DEBUG=False,
         USE_TZ=True,
         SECRET_KEY="autopool-tests",
         INSTALLED_APPS=["django.contrib.contenttypes", "autopool", "tests.testapp"],
         DATABASES={
-            "default": database(server, DB_NAME, dict(DEFAULT_POOL)),
-            "other": database(server, OTHER_NAME, dict(DEFAULT_POOL), USER=OTHER_USER,
-                              PASSWORD=OTHER_PASSWORD),
-            "stock": database(server, DB_NAME),
+            "default": database(PLACEHOLDER, DB_NAME, dict(DEFAULT_POOL)),
+            "other": database(PLACEHOLDER, OTHER_NAME, dict(DEFAULT_POOL)),
+            "stock": database(PLACEHOLDER, DB_NAME),
         },
         DEFAULT_AUTO_FIELD="django.db.models.AutoField",
         LOGGING_CONFIG=None,
@@ -75,11 +76,31 @@ def configure(server: Any) -> None:
 
     autopool.install()
     django.setup()
-    from django.core.management import call_command
 
-    call_command("migrate", run_syncdb=True, verbosity=0, database="default")
-    call_command("migrate", run_syncdb=True, verbosity=0, database="other")
+
+def point_at(server: Any) -> None:
+    """Fill in the server's address (in place: Django's connection handler shares these dicts),
+    create the test databases and the second user, and migrate."""
+    from django.conf import settings
+    from django.core.management import call_command
     from django.db import connections
 
+    server.create_database(DB_NAME)
+    server.create_database(OTHER_NAME)
+    for host in ("127.0.0.1", "localhost", "%"):
+        server.execute(f"CREATE USER IF NOT EXISTS '{OTHER_USER}'@'{host}' IDENTIFIED BY '{OTHER_PASSWORD}'")
+        server.execute(f"GRANT ALL PRIVILEGES ON {OTHER_NAME}.* TO '{OTHER_USER}'@'{host}'")
+    address = {"HOST": server.host, "PORT": str(server.port), "USER": server.user, "PASSWORD": server.password}
+    for alias, entry in settings.DATABASES.items():
+        entry.update(address)
+        if alias == "other":
+            entry.update(USER=OTHER_USER, PASSWORD=OTHER_PASSWORD)
+    for conn in connections.all():
+        conn.close()
+    import autopool
+
+    autopool.dispose()  # nothing pooled may remember the placeholder
+    call_command("migrate", run_syncdb=True, verbosity=0, database="default")
+    call_command("migrate", run_syncdb=True, verbosity=0, database="other")
     for conn in connections.all():
         conn.close()

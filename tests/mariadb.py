@@ -83,6 +83,20 @@ def _alive(pid: int) -> bool:
         return True
 
 
+def _ours(pid: int, directory: str, port: str = "") -> bool:
+    """Is ``pid`` the mariadbd that ``start`` made in ``directory`` (listening on ``port``, if given)?
+    PIDs are recycled, and a private server's environment may sit next to the session server's."""
+    if not os.path.basename(directory).startswith(DIR_PREFIX):
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().split(b"\0")
+    except OSError:
+        return False
+    return (("--datadir=" + os.path.join(directory, "data")).encode() in args
+            and (not port or f"--port={port}".encode() in args))
+
+
 def _run(cmd: List[str], stdin: Any = subprocess.DEVNULL) -> None:
     proc = subprocess.run(cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     if proc.returncode:
@@ -107,10 +121,14 @@ class Server:
         self._proc: Optional[subprocess.Popen[bytes]] = None
         self._owner_pid = os.getpid()
         self._fixed_port = port != 0
+        self.adopted = False  # started by another process for the tests: stop() leaves it running
 
     @classmethod
     def from_env_or_start(cls, base_dir: Optional[str] = None, port: Optional[int] = None,
                           load_tz: bool = False) -> "Server":
+        adopted = cls.adopt_from_env()
+        if adopted is not None:
+            return adopted
         if os.environ.get(ENV + "HOST"):
             return cls(host=os.environ[ENV + "HOST"], port=int(os.environ.get(ENV + "PORT") or 3306),
                        user=os.environ.get(ENV + "USER") or "root",
@@ -134,6 +152,21 @@ class Server:
             server.stop()
             raise
         server.user, server.password = TEST_USER, TEST_PASSWORD
+        return server
+
+    @classmethod
+    def adopt_from_env(cls) -> Optional["Server"]:
+        """The server ``python -m tests.mariadb start`` left running (scripts/test.sh), if the
+        environment names it: started for the tests, so tests may restart it and rely on its time
+        zone tables, but only its starter (``stop``) ends it."""
+        pid, directory = os.environ.get(ENV + "PID", ""), os.environ.get(ENV + "DIR", "")
+        port = os.environ.get(ENV + "PORT", "")
+        if not (os.environ.get(ENV + "HOST") and pid.isdigit() and _ours(int(pid), directory, port)):
+            return None
+        server = cls(host=os.environ[ENV + "HOST"], port=int(os.environ[ENV + "PORT"]),
+                     user=os.environ.get(ENV + "USER") or TEST_USER, password=os.environ.get(ENV + "PASSWORD", ""),
+                     directory=directory, pid=int(pid))
+        server.adopted = True
         return server
 
     def _install(self) -> None:
@@ -222,7 +255,7 @@ class Server:
         return not _alive(self.pid or 0)
 
     def stop(self) -> None:
-        if self.external:
+        if self.external or self.adopted:
             return
         self._kill()
         if self.dir:
@@ -235,8 +268,9 @@ class Server:
             self.stop()
 
     def restart(self) -> None:
-        if self.external:
-            raise RuntimeError(f"cannot restart the external server {self.host}:{self.port} ({ENV}HOST is set)")
+        if self.external or self.adopted:
+            # An adopted server's starter stops it by the PID it printed: a restart would orphan it.
+            raise RuntimeError(f"cannot restart the server {self.host}:{self.port} this process did not start")
         self._fixed_port = True  # clients and tests hold on to the port: it must not change
         self._kill()
         self.start()
@@ -274,8 +308,12 @@ class Server:
         return int(rows[0][1])
 
     def env(self) -> Dict[str, str]:
-        return {ENV + "HOST": self.host, ENV + "PORT": str(self.port),
-                ENV + "USER": self.user, ENV + "PASSWORD": self.password}
+        """The environment that points a test process at this server (``from_env_or_start``)."""
+        env = {ENV + "HOST": self.host, ENV + "PORT": str(self.port),
+               ENV + "USER": self.user, ENV + "PASSWORD": self.password}
+        if self.dir and self.pid is not None:  # a process given this environment adopts the server
+            env.update({ENV + "PID": str(self.pid), ENV + "DIR": self.dir})
+        return env
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -291,13 +329,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         # The directory is removed recursively: refuse anything but one that `start` made.
         if not pid.isdigit() or not os.path.basename(directory).startswith(DIR_PREFIX):
             parser.error(f"{ENV}PID and {ENV}DIR must be set (eval the output of `start`)")
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                # PIDs are recycled: only signal the process if it is the server of that directory.
-                ours = directory.encode() in f.read()
-        except OSError:
-            ours = False
-        Server(directory=directory, pid=int(pid) if ours else None).stop()
+        # PIDs are recycled: only signal the process if it is the server of that directory.
+        Server(directory=directory, pid=int(pid) if _ours(int(pid), directory) else None).stop()
         return 0
     if (args.command == "env") != bool(os.environ.get(ENV + "HOST")):
         parser.error(f"`start` needs {ENV}HOST unset, `env` needs it set (eval the output of `start`)")
@@ -307,7 +340,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"# {server.execute('SELECT VERSION()')[0][0]}", file=sys.stderr)
     else:
         atexit.unregister(server._atexit_stop)  # detached: it outlives this process until `stop`
-        env.update({ENV + "PID": str(server.pid), ENV + "DIR": str(server.dir)})
     for key, value in env.items():
         print(f"export {key}={shlex.quote(value)}")
     return 0

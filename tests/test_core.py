@@ -10,11 +10,14 @@ import time
 from unittest import mock
 
 import pytest
-from django.db import connection, connections, transaction
+from django.db import Error, OperationalError, connection, connections, transaction
+from django.db.transaction import TransactionManagementError
 
 import autopool
 from autopool import registry
+from tests import djsettings
 from tests.conftest import connection_id
+from tests.scenario_main import wait_until
 from tests.testapp.models import Row
 
 
@@ -36,31 +39,51 @@ def test_connection_is_reused_across_requests(server):
 
 
 def test_reuse_across_threads_never_exceeds_the_pool(server):
-    barrier = threading.Barrier(8)
-    seen, errors, opened = [], [], []
+    """15 threads want a connection at once from a pool of 5 + 5 overflow: 10 get one, 5 wait,
+    and the server never sees more than 10 sessions of the pool."""
+    threads_n, cap = 15, 5 + 5  # DEFAULT_POOL: pool_size 5 + max_overflow 5
+    release = threading.Event()
+    ids, errors = [], []
 
     def work():
         try:
-            barrier.wait(timeout=10)
-            for _ in range(10):
-                seen.append(connection_id())
-                opened.append(pool_of().opened())
-                connection.close()
-        except Exception as exc:  # noqa: BLE001
+            ids.append(connection_id())
+            release.wait(30)
+            connection.close()
+        except BaseException as exc:  # reported below with the others
             errors.append(exc)
+            raise
         finally:
             connections.close_all()
 
-    threads = [threading.Thread(target=work) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert not errors
-    assert len(seen) == 80
-    assert max(opened) <= 10  # pool_size 5 + max_overflow 5
-    assert pool_of().checkedout() == 0
-    assert pool_of().checkedin() <= 5  # overflow closed on return
+    connection_id()  # the pool exists before the threads race for it
+    connection.close()
+    pool = pool_of()
+    user, db = connections["default"].settings_dict["USER"], connections["default"].settings_dict["NAME"]
+
+    def server_sessions():
+        return server.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = %s AND DB = %s",
+                              (user, db))[0][0]
+
+    threads = [threading.Thread(target=work) for _ in range(threads_n)]
+    try:
+        for t in threads:
+            t.start()
+        wait_until(lambda: pool.checkedout() == cap and pool.waiting() == threads_n - cap, timeout=20,
+                   message=f"{cap} threads holding a connection and {threads_n - cap} waiting")
+        assert pool.opened() == cap
+        wait_until(lambda: server_sessions() == cap, message=f"{cap} server sessions")  # the server may lag
+        assert pool.opened() == pool.checkedout() == cap
+    finally:
+        release.set()
+        for t in threads:
+            t.join(30)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    assert len(ids) == threads_n and len(set(ids)) == cap  # the waiters got returned connections
+    assert pool.checkedout() == 0 and pool.waiting() == 0
+    assert pool.checkedin() <= 5  # overflow closed on return
+    assert server_sessions() == pool.checkedin()
 
 
 def test_alias_without_pool_is_stock(server):
@@ -120,7 +143,7 @@ def test_close_inside_atomic_really_closes(server):
     Row.objects.all().delete()
     connection.close()
     outer = None
-    with pytest.raises(Exception):
+    with pytest.raises(TransactionManagementError, match="until the end of the 'atomic' block"):
         with transaction.atomic():
             Row.objects.create(value=99)
             outer = connection_id()
@@ -131,14 +154,38 @@ def test_close_inside_atomic_really_closes(server):
     assert not Row.objects.filter(value__in=[99, 100]).exists()
 
 
-def test_private_close_really_closes(server):
-    connection_id()
-    connection._close()  # Django's tests emulate a server-side disconnect so
-    assert not connection.is_usable()
+def close_after_private_close(alias):
+    """What ``close()`` does after ``_close()`` on ``alias``: the driver's closed-connection error
+    (as Django's ``Error``, type and args) or None."""
+    connection_id(alias)
+    conn = connections[alias]
+    conn._close()  # Django's tests emulate a server-side disconnect so
+    assert not conn.is_usable()
     try:
-        connection.close()  # as stock, this may raise on a closed connection
-    except Exception:  # noqa: BLE001
-        pass
+        conn.close()
+        outcome = None
+    except Error as exc:  # compared with stock Django's below: no error is swallowed
+        outcome = (type(exc), exc.args)
+    assert conn.connection is None
+    return outcome
+
+
+def is_gevent_patched():
+    try:
+        from gevent import monkey
+    except ImportError:
+        return False
+    return monkey.is_module_patched("socket")
+
+
+def test_private_close_really_closes(server):
+    stock = close_after_private_close("stock")
+    assert stock is not None  # mysqlclient: OperationalError(2006); PyMySQL: Error("Already closed")
+    if djsettings.DRIVER == "mysqlclient" and is_gevent_patched():
+        # mysqlclient under gevent: autopool's cooperative connection closes idempotently.
+        assert close_after_private_close("default") is None
+    else:
+        assert close_after_private_close("default") == stock  # the same error as stock Django
     connection_id()  # a fresh connection works
     assert pool_of().checkedout() == 1
     connection.close()
@@ -169,8 +216,9 @@ def test_failed_health_check_gets_a_different_connection(server, failure):
 def test_errors_then_unusable_connection_is_invalidated(server):
     cid = connection_id()
     server.execute(f"KILL {cid}")
-    with pytest.raises(Exception):
+    with pytest.raises(OperationalError) as info:
         connection_id()
+    assert info.value.args[0] in (2006, 2013), info.value.args  # gone away / lost during the query
     assert connection.errors_occurred
     connection.close_if_unusable_or_obsolete()
     assert connection.connection is None
@@ -208,26 +256,51 @@ def test_two_aliases_never_share_connections(server):
         cur.execute("SELECT CONNECTION_ID(), CURRENT_USER(), DATABASE()")
         b = cur.fetchone()
     assert a[0] != b[0]
-    assert a[1].startswith("autopool@") and b[1].startswith("autopool_other@")
+    assert a[1].startswith(connections["default"].settings_dict["USER"] + "@")
+    assert b[1].startswith(connections["other"].settings_dict["USER"] + "@")
     assert (a[2], b[2]) == ("autopool_test", "autopool_other")
 
 
-def test_session_setup_runs_once_per_physical_connection(server):
-    connection_id()
-    connection.close()
-    with mock.patch("django.db.backends.mysql.base.DatabaseWrapper.init_connection_state",
-                    autospec=True) as init:
-        pass  # patching the class would bypass autopool: count queries instead
-    del init
-    from django.test.utils import CaptureQueriesContext
+def session_status(names=("Questions", "Com_set_option")):
+    """This session's own counters, read by the server: statements it received on this connection."""
+    with connection.cursor() as cur:
+        cur.execute("SHOW SESSION STATUS WHERE Variable_name IN (%s)" % ", ".join(["%s"] * len(names)), names)
+        return {name: int(value) for name, value in cur.fetchall()}
 
-    with CaptureQueriesContext(connection) as ctx:
-        connection.ensure_connection()
-        connection.close()
-        connection_id()
-    sql = " ".join(q["sql"] for q in ctx.captured_queries)
-    assert "ISOLATION LEVEL" not in sql
-    assert "SET autocommit" not in sql.lower().replace("`", "")
+
+def test_session_setup_runs_once_per_physical_connection(server):
+    """Django's set-up (SET autocommit, SET SESSION TRANSACTION ISOLATION LEVEL) runs when a
+    connection is opened, not at each checkout: counted by the server, per session."""
+    cid = connection_id()
+    before = session_status()
+    connection.close()
+    in_thread = []
+
+    def checkout_in_a_new_thread():  # a new DatabaseWrapper on the same pooled connection
+        try:
+            in_thread.append((connection_id(), session_status()))
+        finally:
+            connections.close_all()
+
+    t = threading.Thread(target=checkout_in_a_new_thread)
+    t.start()
+    t.join(30)
+    assert not t.is_alive()
+    (thread_cid, in_thread_status), = in_thread
+    connection.ensure_connection()
+    connection.close()
+    assert connection_id() == thread_cid == cid  # the same server session every time
+    after = session_status()
+    # Between two reads: the other two reads (SHOW STATUS and SELECT CONNECTION_ID()), nothing else.
+    assert in_thread_status["Com_set_option"] == after["Com_set_option"] == before["Com_set_option"]
+    assert in_thread_status["Questions"] - before["Questions"] == 2
+    assert after["Questions"] - in_thread_status["Questions"] == 2
+    # ... and a new physical connection does run it: the counter sees what it is meant to see.
+    connection.close()
+    autopool.dispose("default")
+    fresh = session_status()
+    assert connection_id() != cid and fresh["Com_set_option"] >= 1
+    connection.close()
 
 
 def test_fork_child_never_reuses_parent_sockets(server, tmp_path):

@@ -11,6 +11,8 @@ import pytest
 from tests import djsettings
 
 pytest.importorskip("gevent")
+# Each scenario runs in a fresh monkey-patched process: scripts/test.sh runs them in its plain runs.
+pytestmark = pytest.mark.gevent_subprocess
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,13 @@
 """The test server itself: it must answer, and survive a restart on the same port."""
 from __future__ import annotations
 
+import os
+from typing import Any, Iterator
+from unittest import mock
+
 import pytest
 
-from tests.mariadb import TEST_PASSWORD, TEST_USER, Server, _driver
+from tests.mariadb import ENV, TEST_PASSWORD, TEST_USER, Server, _driver
 
 
 def connect_as_test_user(server: Server, **kw: object):
@@ -56,22 +60,35 @@ def test_status_counts_connections(mariadb: Server) -> None:
 
 def test_time_zone_tables(mariadb: Server) -> None:
     if mariadb.external:
-        pytest.skip("time zone tables are only loaded into servers the harness starts")
+        loaded = mariadb.execute("SELECT COUNT(*) FROM mysql.time_zone_name")[0][0]
+        if not loaded:
+            pytest.skip(f"the external server {mariadb.host}:{mariadb.port} has no time zone tables "
+                        "(load them with mariadb-tzinfo-to-sql)")
     rows = mariadb.execute("SELECT CONVERT_TZ('2020-01-01 00:00:00', 'UTC', 'Europe/Paris')")
     assert str(rows[0][0]) == "2020-01-01 01:00:00"
 
 
 @pytest.fixture
-def own_server(mariadb: Server):
+def own_server(tmp_path: Any) -> Iterator[Server]:
     """A second, private server: restarting the session one would break other tests' connections."""
-    if mariadb.external:
-        with pytest.raises(RuntimeError, match="external"):
-            mariadb.restart()
-        pytest.skip("restart needs a server the harness started")
-    server = Server.from_env_or_start()
-    yield server
-    server.stop()
+    with mock.patch.dict(os.environ):
+        for key in ("HOST", "PORT", "USER", "PASSWORD", "PID", "DIR"):
+            os.environ.pop(ENV + key, None)
+        server = Server.from_env_or_start(base_dir=str(tmp_path))
+    assert not server.external and not server.adopted
+    try:
+        yield server
+    finally:
+        server.stop()
     assert server.pid is None
+
+
+def test_only_a_server_started_here_can_be_restarted(mariadb: Server) -> None:
+    if mariadb.external or mariadb.adopted:
+        with pytest.raises(RuntimeError, match="did not start"):
+            mariadb.restart()
+    else:
+        assert mariadb.pid is not None and mariadb.dir is not None  # restartable (not done: shared)
 
 
 def test_restart_keeps_port_and_data(own_server: Server) -> None:

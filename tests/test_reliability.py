@@ -564,18 +564,9 @@ def test_without_reset_session_temporary_tables_leak(server: Server, rel_table: 
 
 # -- gevent scenarios (a fresh monkey-patched process each) ---------------------------------------
 
-def _patched() -> bool:
-    try:
-        from gevent import monkey
-    except ImportError:
-        return False
-    return bool(monkey.is_module_patched("socket"))
-
-
 # The scenarios and the soak run in subprocesses of their own: under a monkey-patched pytest they
-# would run exactly as under a plain one, so scripts/test.sh's gevent runs skip them (twice as fast).
-subprocess_run = pytest.mark.skipif(_patched() and not os.environ.get("AUTOPOOL_SOAK_SECONDS"),
-                                    reason="same subprocess as in the unpatched run")
+# would run exactly as under a plain one, so scripts/test.sh's gevent runs deselect them.
+subprocess_run = pytest.mark.gevent_subprocess
 
 
 @pytest.fixture(scope="module")
