@@ -25,12 +25,13 @@ class AutopoolConfig(AppConfig):
         from django.core import checks
 
         from . import advice
-        from .checks import TAG, check_fleet, check_pools
+        from .checks import TAG, check_asgi, check_fleet, check_pools
         from .patch import install
 
         if advice.auto_install():
             install()
         checks.register(check_pools, TAG)
+        checks.register(check_asgi, TAG)  # W020: persistent, unpooled MySQL under ASGI
         checks.register(advice.check_leftovers, TAG)
         # Connects: returns nothing unless database checks were asked for (``check --database``).
         checks.register(check_fleet, TAG)

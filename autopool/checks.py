@@ -13,6 +13,8 @@ Registered by ``autopool.apps.AutopoolConfig`` under the tag ``autopool``:
 * ``autopool.E010`` a multi-host alias (``POOL["hosts"]``) without
   ``connect_timeout`` and ``read_timeout`` in ``OPTIONS``;
 * ``autopool.E011`` ``replica_of`` naming no ``DATABASES`` alias.
+* ``autopool.W020`` (``check_asgi``) an ASGI project (``ASGI_APPLICATION`` set)
+  with ``CONN_MAX_AGE != 0`` and no ``POOL`` on a MySQL alias.
 
 They read settings only: no connection is opened. The fleet-sizing check
 (``check_fleet``) does connect, so it does nothing unless Django asks for
@@ -210,4 +212,36 @@ def check_fleet(app_configs: Any = None, databases: Any = None, **kwargs: Any) -
                 f"({info['threads_connected']} in use).", id="autopool.W010",
                 hint="Lower pool_size/max_overflow, run fewer processes (AUTOPOOL_PROCESSES is the number "
                      "of processes sharing these servers), or raise max_connections."))
+    return messages
+
+
+def check_asgi(app_configs: Any = None, **kwargs: Any) -> List[checks.CheckMessage]:
+    """``autopool.W020``: an ASGI project (``ASGI_APPLICATION`` set) keeps persistent MySQL
+    connections on an alias without ``POOL``."""
+    from django.conf import settings
+
+    if not getattr(settings, "ASGI_APPLICATION", None):
+        return []
+    return check_asgi_databases(settings.DATABASES)
+
+
+def check_asgi_databases(databases: Mapping[str, Mapping[str, Any]]) -> List[checks.CheckMessage]:
+    """W020 on an explicit ``DATABASES`` mapping of an ASGI project."""
+    messages: List[checks.CheckMessage] = []
+    for alias, db in databases.items():
+        max_age = db.get("CONN_MAX_AGE", 0)
+        if db.get("POOL") is not None or max_age == 0 or not db.get("ENGINE"):
+            continue
+        if _engine_problem(alias, db["ENGINE"]) is not None:
+            continue  # not the MySQL backend: not autopool's to advise on
+        # Under ASGI every request runs its sync code on a thread of its own, so Django's
+        # per-thread persistent connections are opened per request and never reused (Django
+        # ticket #33497): they pile up until the server's max_connections.
+        messages.append(checks.Warning(
+            f"DATABASES[{alias!r}] sets CONN_MAX_AGE={max_age!r} without a POOL in an ASGI project "
+            "(ASGI_APPLICATION is set): under ASGI each request runs on a new thread, so persistent "
+            "connections are not reused and accumulate on the database server.",
+            obj=f"DATABASES[{alias!r}]", id="autopool.W020",
+            hint="Add a POOL to this alias (e.g. {'pool_size': 10}) and set CONN_MAX_AGE to 0, or set "
+                 "CONN_MAX_AGE to 0 (Django's documentation for ASGI)."))
     return messages

@@ -1,0 +1,269 @@
+#!/usr/bin/env python
+"""ASGI benchmark: example_project under uvicorn (one worker), stock Django against autopool.
+
+From the repository root::
+
+    python bench/asgi.py               # 3 repetitions of 10 s per run (~5 minutes)
+    python bench/asgi.py --quick       # one repetition of 5 s
+    python bench/run.py --asgi         # the same, from the main benchmark script
+
+A throw-away MariaDB (``tests/mariadb.py``) with the example database seeded
+(``bench/run.py``'s set-up), then, for each configuration and workload, a fresh
+``uvicorn example_project.asgi:application`` (one process) on a free loopback
+port, loaded with ``wrk -c 50 -t 2`` for the duration. Workloads: a one-row
+ORM SELECT through the async API (``/async/item/<id>``: ``aget``) and through a
+sync view (``/item/<id>``), random ids. Configurations: stock
+``CONN_MAX_AGE=0`` (a connection per request), stock persistent
+(``CONN_MAX_AGE=None``) and autopool (``pool_size=10, max_overflow=0``).
+
+Measured on the server by a side connection: peak sessions
+(``Threads_connected`` sampled every 50 ms, minus the baseline), sessions still
+connected 5 s after the load while uvicorn still runs (persistent connections
+leak under ASGI: Django opens one per request thread), and commands per request
+(``Questions`` + ``Com_admin_commands``, the side connection's own excluded).
+Output: ``bench/results/asgi.md`` and ``asgi.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import run as base  # noqa: E402
+from tests.mariadb import Server  # noqa: E402
+
+CONNECTIONS = 50
+THREADS = 2
+POOL_SIZE = 10
+LEAK_WAIT = 5.0
+
+CONFIGS = {
+    "stock": ("stock", "stock CONN_MAX_AGE=0"),
+    "persistent": ("persistent", "stock persistent (CONN_MAX_AGE=None)"),
+    "autopool": ("autopool", f"autopool pool_size={POOL_SIZE}, max_overflow=0"),
+}
+WORKLOADS = {
+    "async": ("/async/item/", "async view, aget() (one SELECT)"),
+    "sync": ("/item/", "sync view, get() (one SELECT)"),
+}
+
+LUA = r"""
+local prefix = "__PREFIX__"
+local max_id = __MAX_ID__
+function init(args) math.randomseed(os.time() + (tonumber(tostring({}):sub(8)) or 0)) end
+request = function() return wrk.format("GET", prefix .. math.random(1, max_id)) end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRKJSON {"requests": %d, "duration_us": %d, "errors": %d, "status": %d, ' ..
+    '"p50_us": %d, "p99_us": %d}\n', summary.requests, summary.duration,
+    e.connect + e.read + e.write + e.timeout, e.status, latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+@dataclass
+class Result:
+    config: str
+    workload: str
+    rep: int
+    rps: float = 0.0
+    requests: int = 0
+    errors: int = 0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    peak_sessions: int = 0
+    leftover_sessions: int = 0
+    new_connections: int = 0
+    commands_per_request: float = float("nan")
+    note: str = ""
+
+
+def start_uvicorn(server: Server, mode: str, log_path: Path) -> "tuple[subprocess.Popen[bytes], int]":
+    env = base.server_env(server)
+    env.update(EXAMPLE_MODE=mode, EXAMPLE_DRIVER="mysqlclient", EXAMPLE_POOL_SIZE=str(POOL_SIZE))
+    for _ in range(5):
+        port = base.free_port(avoid=(server.port,))
+        cmd = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
+               "--log-level", "warning", "example_project.asgi:application"]
+        with open(log_path, "ab") as logf:
+            proc = subprocess.Popen(cmd, cwd=base.EXAMPLE, env=env, stdin=subprocess.DEVNULL, stdout=logf,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        base.CLEANUP.push("uvicorn", lambda p=proc: stop(p))
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                if base.http_get(port, "/health", timeout=2)[0] == 200:
+                    return proc, port
+            except OSError:
+                pass
+            time.sleep(0.05)
+        stop(proc)
+    raise RuntimeError(f"uvicorn did not start; log:\n{log_path.read_text(errors='replace')[-3000:]}")
+
+
+def stop(proc: "subprocess.Popen[bytes]") -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        except ProcessLookupError:
+            pass
+
+
+def run_wrk(port: int, script: Path, seconds: int) -> Dict[str, Any]:
+    cmd = [shutil.which("wrk") or "wrk", "-c", str(CONNECTIONS), "-t", str(THREADS), "-d", f"{seconds}s",
+           "--timeout", "10s", "-s", str(script), f"http://127.0.0.1:{port}/"]
+    out = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=seconds + 60).stdout.decode()
+    for line in out.splitlines():
+        if line.startswith("WRKJSON "):
+            return json.loads(line[8:])
+    raise RuntimeError(f"wrk failed:\n{out}")
+
+
+def one_run(server: Server, monitor: base.Monitor, config: str, workload: str, rep: int, seconds: int,
+            tmp: Path) -> Result:
+    res = Result(config, workload, rep)
+    leftover = monitor.wait_baseline()
+    if leftover:
+        res.note = f"{leftover} session(s) of an earlier run still open; "
+    proc, port = start_uvicorn(server, CONFIGS[config][0], tmp / f"uvicorn-{config}.log")
+    try:
+        prefix = WORKLOADS[workload][0]
+        for i in range(20):  # warm-up: code paths loaded, the pool (if any) opened
+            status, _ = base.http_get(port, f"{prefix}{i + 1}", timeout=30)
+            if status != 200:
+                raise RuntimeError(f"warm-up {prefix}{i + 1} answered {status}")
+        script = tmp / f"wrk-{workload}.lua"
+        script.write_text(LUA.replace("__PREFIX__", prefix).replace("__MAX_ID__", str(base.SEED_ROWS)))
+        run_wrk(port, script, 1)  # warm-up under load: the pool grows to its size before the counters start
+        q0, a0, c0 = monitor.counters()
+        monitor.start_sampling()
+        try:
+            w = run_wrk(port, script, seconds)
+        finally:
+            res.peak_sessions = monitor.stop_sampling()
+        q1, a1, c1 = monitor.counters()
+        time.sleep(LEAK_WAIT)  # still serving nothing: what stays connected is kept, not in flight
+        res.leftover_sessions = monitor.threads_connected() - monitor.run_baseline
+        if proc.poll() is not None:
+            res.note += "uvicorn died; "
+    finally:
+        stop(proc)
+    res.requests, res.errors = w["requests"], w["errors"] + w["status"]
+    duration = w["duration_us"] / 1e6
+    res.rps = (res.requests - w["status"]) / duration if duration else 0.0
+    res.p50_ms, res.p99_ms = w["p50_us"] / 1000, w["p99_us"] / 1000
+    res.new_connections = c1 - c0
+    if res.requests:
+        res.commands_per_request = ((q1 - q0) + (a1 - a0)) / res.requests
+    return res
+
+
+def summary(results: List[Result], configs: List[str], workloads: List[str]) -> str:
+    lines = ["| workload | configuration | req/s | vs stock | p99 ms | peak sessions | sessions 5 s after "
+             "| new connections/req | commands/req | errors |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for wk in workloads:
+        base_rps = statistics.median([r.rps for r in results if r.workload == wk and r.config == "stock"] or [0])
+        for ck in configs:
+            rs = [r for r in results if r.workload == wk and r.config == ck]
+            if not rs:
+                continue
+            rps = statistics.median(r.rps for r in rs)
+            reqs = sum(r.requests for r in rs)
+            lines.append(
+                f"| {WORKLOADS[wk][1]} | {CONFIGS[ck][1]} | {rps:,.0f} "
+                f"| {rps / base_rps if base_rps else float('nan'):.2f}x "
+                f"| {statistics.median(r.p99_ms for r in rs):.1f} "
+                f"| {min(r.peak_sessions for r in rs)}-{max(r.peak_sessions for r in rs)} "
+                f"| {min(r.leftover_sessions for r in rs)}-{max(r.leftover_sessions for r in rs)} "
+                f"| {sum(r.new_connections for r in rs) / reqs if reqs else float('nan'):.3f} "
+                f"| {min(r.commands_per_request for r in rs):.2f}-{max(r.commands_per_request for r in rs):.2f} "
+                f"| {sum(r.errors for r in rs)} |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one repetition of 5 s per run")
+    parser.add_argument("--duration", type=int, help="seconds of load per run (default 10, --quick 5)")
+    parser.add_argument("--repeats", type=int, help="repetitions (default 3, --quick 1)")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"subset of {','.join(CONFIGS)}")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"subset of {','.join(WORKLOADS)}")
+    parser.add_argument("--output", default=str(base.RESULTS / "asgi.md"), help="Markdown report path")
+    args = parser.parse_args(argv)
+    duration = args.duration or (5 if args.quick else 10)
+    repeats = args.repeats or (1 if args.quick else 3)
+    configs = [c for c in args.configs.split(",") if c]
+    workloads = [w for w in args.workloads.split(",") if w]
+    for name, known in [(c, CONFIGS) for c in configs] + [(w, WORKLOADS) for w in workloads]:
+        if name not in known:
+            parser.error(f"unknown {name!r}; choose from {', '.join(known)}")
+    if shutil.which("wrk") is None:
+        print("bench: wrk not found: run `bash scripts/bootstrap.sh` or `apt-get install wrk`", file=sys.stderr)
+        return 2
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, base._raise_interrupt)
+    started, load_before = time.monotonic(), base._loadavg()
+    tmp = Path(tempfile.mkdtemp(prefix="autopool-bench-asgi-"))
+    base.CLEANUP.push("temporary files", lambda: shutil.rmtree(tmp, ignore_errors=True))
+    results: List[Result] = []
+    try:
+        server = Server.from_env_or_start()
+        base.CLEANUP.push("MariaDB", server.stop)
+        version = server.execute("SELECT VERSION()")[0][0]
+        base.log(f"bench asgi: {version}; seeding {base.SEED_ROWS} rows")
+        base.prepare_database(server)
+        monitor = base.Monitor(server)
+        base.CLEANUP.push("monitor connection", monitor.close)
+        for rep in range(repeats):
+            for wk in workloads:
+                order = configs[rep % len(configs):] + configs[:rep % len(configs)]  # interleaved
+                for ck in order:
+                    r = one_run(server, monitor, ck, wk, rep, duration, tmp)
+                    results.append(r)
+                    base.log(f"    rep {rep + 1} {wk:<6} {ck:<11} {r.rps:8,.0f} req/s  p99 {r.p99_ms:7.1f} ms  "
+                             f"peak {r.peak_sessions:4}  after 5 s {r.leftover_sessions:4}  "
+                             f"commands/req {r.commands_per_request:5.2f}  errors {r.errors}  {r.note}")
+        import uvicorn
+
+        table = summary(results, configs, workloads)
+        text = "\n".join([
+            "# ASGI benchmark (bench/asgi.py)", "",
+            f"- uvicorn {uvicorn.__version__}, one process; `wrk -c {CONNECTIONS} -t {THREADS} -d {duration}s`; "
+            f"{repeats} repetition(s), configurations interleaved; mysqlclient; {version}.",
+            f"- {base._versions()}",
+            f"- Load average at the start: {load_before}; at the end: {base._loadavg()} (a busy machine "
+            "lowers and scatters req/s; the session and command counts do not depend on it).",
+            "- req/s and p99: median over repetitions; sessions and commands/req: min-max.", "", table, ""])
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        out.with_suffix(".json").write_text(json.dumps([asdict(r) for r in results], indent=1))
+        print(text)
+        base.log(f"bench asgi: wrote {out} in {time.monotonic() - started:.0f} s")
+        return 0
+    except KeyboardInterrupt:
+        print("\nbench asgi: interrupted; stopping what was started ...", file=sys.stderr)
+        return 130
+    finally:
+        base.CLEANUP.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
