@@ -2,7 +2,9 @@
 
 Registered by ``autopool.apps.AutopoolConfig`` under the tag ``autopool``:
 
-* ``autopool.E001`` a ``POOL`` setting that ``autopool.config.parse`` rejects;
+* ``autopool.E001`` a ``POOL`` setting that ``autopool.config.parse`` rejects
+  (callable options are called once and their result checked), or a
+  ``dialect`` naming another driver than the one Django's backend uses;
 * ``autopool.W001`` ``POOL`` is set but ``autopool.install()`` was not called
   in this process, so the alias is not pooled here;
 * ``autopool.W002`` ``CONN_MAX_AGE != 0`` on a pooled alias;
@@ -75,6 +77,7 @@ def check_databases(databases: Mapping[str, Mapping[str, Any]], *, installed: bo
                 obj=obj, id="autopool.E001"))
         else:
             messages.extend(_cluster_problems(alias, db, databases))
+            messages.extend(_dialect_problem(alias, db))
         engine_msg = _engine_problem(alias, db.get("ENGINE"))
         if engine_msg:
             messages.append(checks.Warning(engine_msg, obj=obj, id="autopool.W003",
@@ -138,6 +141,25 @@ def _engine_problem(alias: str, engine: Optional[str]) -> Optional[str]:
     return (f"DATABASES[{alias!r}] has a POOL setting, but autopool only pools "
             f"{MYSQL_ENGINE} (and backends subclassing its DatabaseWrapper); ENGINE "
             f"{engine!r} ignores it.")
+
+
+def _dialect_problem(alias: str, db: Mapping[str, Any]) -> List[checks.CheckMessage]:
+    """E001 for a ``dialect`` naming another driver than the one Django's MySQL backend uses."""
+    cfg = config_mod.parse(alias, db["POOL"])
+    if cfg.dialect is None or db.get("ENGINE") != MYSQL_ENGINE:
+        return []
+    try:
+        from django.db.backends.mysql.base import Database
+    except Exception:  # noqa: BLE001 - no MySQL driver installed: Django reports that itself
+        return []
+    from .drivers import for_module
+
+    try:
+        config_mod.resolve_dialect(alias, cfg.dialect, for_module(Database))
+    except ImproperlyConfigured as exc:
+        return [checks.Error(str(exc), obj=f"DATABASES[{alias!r}]", id="autopool.E001",
+                             hint="See the POOL option table in autopool's documentation (docs/options.rst).")]
+    return []
 
 
 def _cluster_problems(alias: str, db: Mapping[str, Any],

@@ -33,8 +33,29 @@ _POOL_CLASS_ALIASES = {
     "DjangoQueuePool": "autopool.pool.DjangoQueuePool",
     "django_db_conn_pool.mysqlalchemy.pool.DjangoQueuePool": "autopool.pool.DjangoQueuePool",
 }
-RESET_CHOICES = ("rollback", "commit", None, True, False)
+RESET_CHOICES = ("rollback", None, True, False)
+# Pool classes that cannot serve Django: why, by the class's dotted name (subclasses too).
+_REFUSED_POOL_CLASSES = {
+    "sqlalchemy.pool.impl.StaticPool": "hands its one connection to every checkout: two threads (or greenlets) "
+                                       "would run their queries and transactions on the same connection",
+    "sqlalchemy.pool.impl.AssertionPool": "hands out one connection and raises AssertionError on a second "
+                                          "concurrent checkout: a second thread's request fails",
+    "sqlalchemy.pool.impl.SingletonThreadPool": "hands the same connection to every checkout of a thread (a "
+                                                "greenlet under gevent), so two connection objects of one thread "
+                                                "share it, and it closes the connections of other threads once "
+                                                "more than pool_size threads used it, while they may be in use",
+    "sqlalchemy.pool.impl.AsyncAdaptedQueuePool": "is an asyncio pool: Django's MySQL backend is synchronous",
+    "sqlalchemy.pool.impl.FallbackAsyncAdaptedQueuePool": "is an asyncio pool: Django's MySQL backend is "
+                                                          "synchronous",
+}
+POOL_CLASS_CHOICES = ("autopool.pool.QueuePool", "autopool.pool.DjangoQueuePool", "sqlalchemy.pool.QueuePool",
+                      "sqlalchemy.pool.NullPool")
+# Dialect names accepted for ``dialect`` (as in an SQLAlchemy URL); the driver part must be Django's.
+DIALECT_NAMES = ("mysql", "mariadb")
+DIALECT_DRIVERS = {"mysqldb": "mysqlclient", "pymysql": "pymysql"}
 COOPERATIVE_CHOICES = ("auto", True, False)
+POOL_MODES = ("request", "transaction")
+SESSION_STATE_GUARDS = ("warn", "error", None)
 
 
 @dataclass(frozen=True)
@@ -73,15 +94,18 @@ OPTIONS: Tuple[Option, ...] = (
            "Replace connections older than this many seconds at checkout (-1: never). Keep it below "
            "the server's wait_timeout."),
     Option("dialect", None,
-           "SQLAlchemy dialect instance used for pings and resets; None picks the MySQL dialect of "
-           "the driver in use (mysqlclient or PyMySQL)."),
+           "SQLAlchemy dialect used for pings and resets: None (the MySQL dialect of the driver in use), "
+           "a name as in an SQLAlchemy URL ('mysql', 'mariadb', 'mysql+mysqldb', 'mysql+pymysql', "
+           "'mariadb+mysqldb', 'mariadb+pymysql'; the driver part must be the one Django uses), or a "
+           "synchronous sqlalchemy.engine.interfaces.Dialect instance."),
     Option("pre_ping", False, "SQLAlchemy's pre-ping on checkout (one round trip per checkout)."),
     Option("use_threadlocal", False,
            "Removed from SQLAlchemy 1.4; emulated: a thread (or greenlet) gets back the connection it "
            "returned last when that one is idle. Two checkouts never share a connection."),
     Option("reset_on_return", None,
-           "SQLAlchemy's unconditional reset on every return: 'rollback' (or True), 'commit', or "
-           "None/False (autopool's tracked rollback applies instead)."),
+           "SQLAlchemy's unconditional reset on every return: 'rollback' (or True), or None/False "
+           "(autopool's tracked rollback applies instead). 'commit' is refused: it would commit the "
+           "work of requests that Django rolls back."),
     Option("use_lifo", False, "Hand out the most recently returned connection first (lets idle ones age out)."),
     Option("echo", False, "SQLAlchemy pool logging: True, False or 'debug'."),
     Option("max_waiting", None,
@@ -114,6 +138,15 @@ OPTIONS: Tuple[Option, ...] = (
     Option("max_replica_lag", 5.0,
            "With replica_of: reads use this replica only while its replication lag, checked every "
            "second by the housekeeping task, is below this many seconds (unknown lag: not used)."),
+    Option("pool_mode", "request",
+           "'request': a request holds its connection from its first query until Django closes it. "
+           "'transaction': outside atomic() and with autocommit on, the connection goes back to the "
+           "pool after each statement (session state does not survive between statements; see "
+           "autopool.pinned())."),
+    Option("session_state_guard", "warn",
+           "pool_mode='transaction': a statement that sets session state (SET, USE, CREATE TEMPORARY, "
+           "GET_LOCK, LOCK TABLES) outside a transaction or pinned() is logged ('warn'), refused "
+           "('error', autopool.SessionStateError) or let through (None)."),
 )
 OPTION_NAMES = tuple(o.name for o in OPTIONS)
 _DEFAULTS = {o.name: o.default for o in OPTIONS}
@@ -154,6 +187,8 @@ class PoolConfig:
     host_down_backoff_max: float = 10.0
     replica_of: Optional[str] = None
     max_replica_lag: float = 5.0
+    pool_mode: str = "request"
+    session_state_guard: Optional[str] = "warn"
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -206,6 +241,7 @@ def _pool_class(alias: str, value: Any) -> type:
 
     if value is SAQueuePool:
         return autopool_pool.QueuePool
+    given = value
     if isinstance(value, str):
         path = _POOL_CLASS_ALIASES.get(value, value)
         try:
@@ -218,7 +254,16 @@ def _pool_class(alias: str, value: Any) -> type:
             return autopool_pool.QueuePool
     if not (isinstance(value, type) and issubclass(value, Pool)):
         raise _fail(alias, "django_pool_class", f"expected a sqlalchemy.pool.Pool subclass or its dotted "
-                    f"path, got {value!r}")
+                    f"path, got {value!r}; valid choices: {', '.join(repr(c) for c in POOL_CLASS_CHOICES)}")
+    for klass in value.__mro__:
+        why = _REFUSED_POOL_CLASSES.get(f"{klass.__module__}.{klass.__qualname__}")
+        if why is None and getattr(klass, "_is_asyncio", False) is True:
+            why = "is an asyncio pool: Django's MySQL backend is synchronous"
+        if why is not None:
+            name = given if isinstance(given, str) else f"{value.__module__}.{value.__qualname__}"
+            raise _fail(alias, "django_pool_class", f"{name} cannot pool Django's connections: it {why}. "
+                        f"Valid choices: {', '.join(repr(c) for c in POOL_CLASS_CHOICES)}, or a Pool "
+                        "subclass that gives each checkout its own connection")
     return value
 
 
@@ -263,7 +308,15 @@ def parse(alias: str, setting: Any) -> PoolConfig:
         _check_number(alias, "recycle", o["recycle"], minimum=0, extra="(or -1: never)")
     _check_number(alias, "max_waiting", o["max_waiting"], minimum=0, integer=True, allow_none=True)
     _check_number(alias, "leak_detection_threshold", o["leak_detection_threshold"], minimum=0, allow_none=True)
+    if o["reset_on_return"] == "commit":
+        raise _fail(alias, "reset_on_return", "'commit' is refused: Django rolls back the work of a request "
+                    "that fails or ends inside a transaction (an exception in a view, set_autocommit(False) "
+                    "without commit, a raw START TRANSACTION), and a pool that commits on return would "
+                    "commit that work instead. Use 'rollback' (or True), or None/False to let autopool roll "
+                    "back only when a transaction may be open; valid choices: "
+                    f"{', '.join(repr(c) for c in RESET_CHOICES)}")
     _check_choice(alias, "reset_on_return", o["reset_on_return"], RESET_CHOICES)
+    _check_dialect(alias, o["dialect"])
     _check_choice(alias, "cooperative", o["cooperative"], COOPERATIVE_CHOICES)
     _check_choice(alias, "echo", o["echo"], (True, False, None, "debug"))
     _check_number(alias, "django_core_pool_size", o["django_core_pool_size"], minimum=0, integer=True,
@@ -276,6 +329,9 @@ def parse(alias: str, setting: Any) -> PoolConfig:
         raise _fail(alias, "django_retire_interval", "expected a number > 0, got 0")
     _check_number(alias, "django_retire_quantity", o["django_retire_quantity"], minimum=0, integer=True,
                   allow_callable=True)
+    for key in _ELASTIC:
+        if callable(o[key]):
+            evaluate_option(alias, key, o[key])  # once now, so ``manage.py check`` shows a bad result
     if not issubclass(pool_class, DjangoQueuePool):
         explicit = [k for k in _ELASTIC if k in _explicit_keys(setting)]
         if explicit:
@@ -287,6 +343,8 @@ def parse(alias: str, setting: Any) -> PoolConfig:
         raise _fail(alias, "django_core_pool_size", f"{core} exceeds pool_size {o['pool_size']} "
                     "with max_overflow=0")
     _check_cluster_options(alias, o)
+    _check_choice(alias, "pool_mode", o["pool_mode"], POOL_MODES)
+    _check_choice(alias, "session_state_guard", o["session_state_guard"], SESSION_STATE_GUARDS)
     o.pop("django_pool_class")
     return PoolConfig(alias=alias, pool_class=pool_class, raw=dict(o), **o)
 
@@ -388,8 +446,120 @@ def enabled(settings: Any = None) -> bool:
 
 
 def evaluate(value: Optional[Dynamic]) -> Optional[Number]:
-    """The current value of a number-or-callable option."""
+    """The current value of a number-or-callable option.
+
+    The pool calls this; :func:`checked` wraps a callable option so that
+    calling it validates what it returns.
+    """
     return value() if callable(value) else value
 
 
-__all__ = ["OPTIONS", "Option", "PoolConfig", "parse", "resolve", "enabled", "evaluate", "replace"]
+# What a callable option must return, by key (the same rules as a plain value).
+_ELASTIC_RULES: Dict[str, Dict[str, Any]] = {
+    "django_core_pool_size": dict(minimum=0, integer=True, allow_none=True),
+    "django_unload_timeout": dict(minimum=0, allow_none=True),
+    "django_retire_interval": dict(minimum=0, extra="(exclusive)"),
+    "django_retire_quantity": dict(minimum=0, integer=True),
+}
+
+
+def evaluate_option(alias: str, key: str, value: Optional[Dynamic]) -> Optional[Number]:
+    """The current value of the number-or-callable option ``key`` of ``alias``, validated.
+
+    A callable that raises or returns a bad value gives ImproperlyConfigured
+    naming the alias and the key (never a bare TypeError deep in the pool).
+    """
+    if not callable(value):
+        return value
+    try:
+        result = value()
+    except Exception as exc:  # noqa: BLE001 - reported with the alias and key
+        raise _fail(alias, key, f"the callable {_callable_name(value)} raised "
+                                f"{type(exc).__name__}: {exc}") from exc
+    rules = _ELASTIC_RULES.get(key, {})
+    try:
+        _check_number(alias, key, result, **rules)
+        if key == "django_retire_interval" and result == 0:
+            raise _fail(alias, key, "expected a number > 0, got 0")
+    except ImproperlyConfigured as exc:
+        raise _fail(alias, key, f"the callable {_callable_name(value)} returned {result!r}; "
+                                f"{str(exc).split(': ', 1)[1]}") from None
+    return result
+
+
+def _callable_name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+class checked:
+    """A callable option wrapped so that each call validates its result (:func:`evaluate_option`)."""
+
+    __slots__ = ("alias", "key", "fn")
+
+    def __init__(self, alias: str, key: str, fn: Callable[[], Number]) -> None:
+        self.alias, self.key, self.fn = alias, key, fn
+
+    def __call__(self) -> Optional[Number]:
+        return evaluate_option(self.alias, self.key, self.fn)
+
+    def __repr__(self) -> str:
+        return f"checked({self.alias!r}, {self.key!r}, {self.fn!r})"
+
+
+def _check_dialect(alias: str, value: Any) -> None:
+    """None, a dialect name, or a synchronous Dialect instance; see the option's doc."""
+    if value is None:
+        return
+    from sqlalchemy.engine.interfaces import Dialect
+
+    choices = ("None, a name such as " + ", ".join(repr(n) for n in dialect_names())
+               + ", or a sqlalchemy.engine.interfaces.Dialect instance")
+    if isinstance(value, str):
+        name, _, driver = value.strip().lower().partition("+")
+        if name not in DIALECT_NAMES or (driver and driver not in DIALECT_DRIVERS):
+            raise _fail(alias, "dialect", f"unknown dialect {value!r}; valid choices: {choices}")
+        return
+    if isinstance(value, type) and issubclass(value, Dialect):
+        raise _fail(alias, "dialect", f"expected a Dialect instance, got the class {value.__qualname__}; "
+                                      f"valid choices: {choices}")
+    if not isinstance(value, Dialect):
+        raise _fail(alias, "dialect", f"expected {choices}; got {value!r}")
+    if getattr(value, "is_async", False):
+        raise _fail(alias, "dialect", f"{type(value).__qualname__} is an asyncio dialect: Django's MySQL "
+                                      f"backend is synchronous; valid choices: {choices}")
+    if getattr(value, "name", None) not in DIALECT_NAMES or getattr(value, "driver", None) not in DIALECT_DRIVERS:
+        raise _fail(alias, "dialect", f"{type(value).__qualname__} ({value.name}+{value.driver}) is not a dialect "
+                                      f"of Django's MySQL drivers (mysqldb, pymysql); valid choices: {choices}")
+
+
+def dialect_names() -> Tuple[str, ...]:
+    return DIALECT_NAMES + tuple(f"{n}+{d}" for n in DIALECT_NAMES for d in DIALECT_DRIVERS)
+
+
+def resolve_dialect(alias: str, value: Any, driver: Any) -> Any:
+    """The Dialect instance for ``dialect`` (validated by :func:`parse`) and the driver in use.
+
+    ``driver``: ``autopool.drivers.Driver``. A name or instance naming another
+    driver than Django's gives ImproperlyConfigured: a mysqldb dialect pings a
+    PyMySQL connection with a silent reconnect, for one.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        _, _, wanted = value.strip().lower().partition("+")
+    else:
+        wanted = getattr(value, "driver", None)
+    in_use = driver.name
+    if wanted and wanted in DIALECT_DRIVERS and DIALECT_DRIVERS[wanted] != in_use:
+        ours = next(d for d, n in DIALECT_DRIVERS.items() if n == in_use) if in_use in DIALECT_DRIVERS.values() \
+            else None
+        hint = f"use 'mysql+{ours}', 'mysql' or None" if ours else "use None"
+        raise _fail(alias, "dialect", f"{value!r} is for {DIALECT_DRIVERS[wanted]}, but Django's MySQL backend "
+                                      f"uses {in_use} in this process; {hint}")
+    if isinstance(value, str):
+        return driver.dialect()
+    return value
+
+
+__all__ = ["OPTIONS", "Option", "PoolConfig", "parse", "resolve", "enabled", "evaluate", "evaluate_option",
+           "checked", "resolve_dialect", "replace"]

@@ -16,9 +16,13 @@ import threading
 import weakref
 from typing import Any, Optional
 
+from django.core.exceptions import ImproperlyConfigured
+
 logger = logging.getLogger("autopool")
 
 _pools: "weakref.WeakSet[Any]" = weakref.WeakSet()
+# pool -> the ImproperlyConfigured message already logged for it
+_misconfigured: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
 _thread: Optional[threading.Thread] = None
 _stop: Optional[threading.Event] = None
 _lock = threading.Lock()
@@ -43,9 +47,17 @@ def run_once() -> float:
     for pool in list(_pools):
         try:
             due = pool.housekeep()
+        except ImproperlyConfigured as exc:
+            # A callable option returned a bad value (config.checked): one ERROR
+            # line when the problem starts or changes, not a traceback a round.
+            if _misconfigured.get(pool) != str(exc):
+                _misconfigured[pool] = str(exc)
+                logger.error("housekeeping of %r skipped: %s", getattr(pool, "name", pool), exc)
+            continue
         except Exception:  # noqa: BLE001 - a broken pool must not stop the others
             logger.exception("housekeeping failed for %r", getattr(pool, "name", pool))
             continue
+        _misconfigured.pop(pool, None)
         wait = min(wait, max(due - pool._clock(), 0.0))
     return wait
 

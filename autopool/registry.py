@@ -147,7 +147,7 @@ def build_pool(cfg: "config_mod.PoolConfig", driver: Driver, connect: Callable[[
     from .pool import DjangoQueuePool
 
     cls = cfg.pool_class
-    dialect = cfg.dialect
+    dialect = config_mod.resolve_dialect(cfg.alias, cfg.dialect, driver)
     if dialect is None and (cfg.any_pre_ping or cfg.sa_reset_on_return):
         dialect = driver.dialect()
     kw: Dict[str, Any] = dict(
@@ -162,9 +162,16 @@ def build_pool(cfg: "config_mod.PoolConfig", driver: Driver, connect: Callable[[
                   use_threadlocal=cfg.use_threadlocal, name=cfg.alias,
                   leak_detection_threshold=cfg.leak_detection_threshold)
         if issubclass(cls, DjangoQueuePool):
-            kw.update(core_pool_size=cfg.django_core_pool_size, unload_timeout=cfg.django_unload_timeout,
-                      retire_interval=cfg.django_retire_interval,
-                      retire_quantity=cfg.django_retire_quantity)
+            # A callable option is validated each time the pool calls it: a bad
+            # value is an ImproperlyConfigured naming the alias and the key.
+            elastic = {key: config_mod.checked(cfg.alias, key, value) if callable(value) else value
+                       for key in ("django_core_pool_size", "django_unload_timeout", "django_retire_interval",
+                                   "django_retire_quantity")
+                       for value in (getattr(cfg, key),)}
+            kw.update(core_pool_size=elastic["django_core_pool_size"],
+                      unload_timeout=elastic["django_unload_timeout"],
+                      retire_interval=elastic["django_retire_interval"],
+                      retire_quantity=elastic["django_retire_quantity"])
     else:
         import inspect
 
@@ -173,11 +180,11 @@ def build_pool(cfg: "config_mod.PoolConfig", driver: Driver, connect: Callable[[
             if name in accepted:
                 kw[name] = getattr(cfg, name)
     pool = cls(connect, **kw)
-    _count_events(pool)
+    _count_events(pool, cfg.alias)
     return pool
 
 
-def _count_events(pool: Any) -> None:
+def _count_events(pool: Any, alias: str) -> None:
     counters = getattr(pool, "counters", None)
     if counters is None:
         # Pools from elsewhere (e.g. NullPool) get autopool's counters too.
@@ -191,7 +198,8 @@ def _count_events(pool: Any) -> None:
 
     def on_invalidate(dbapi_connection: Any, record: Any, exception: Any) -> None:
         counters.connections_invalidated += 1
-        logger.info("invalidated a connection of %r (%s)", pool.name,
+        # The alias, not ``pool.name``: SQLAlchemy's own pools (NullPool) have no ``name``.
+        logger.info("invalidated a connection of %r (%s)", alias,
                        type(exception).__name__ if exception is not None else "closed by Django")
 
     event.listen(pool, "connect", on_connect)

@@ -170,3 +170,54 @@ def test_manage_py_check(project: Path, obs_server: Server) -> None:
     result = check(project, aged, "--tag", "autopool", env={"AUTOPOOL_ENABLED": "0"})
     assert "(autopool.I001)" in result.output and "(autopool.W002)" not in result.output
     assert "AUTOPOOL_ENABLED environment variable" in result.output
+
+
+# -- values checked where the user sees them (issue 16, point 7) ---------------------------------
+
+def _core_of_ten() -> str:
+    return "ten"
+
+
+@pytest.mark.parametrize("pool, expected", [
+    ({"reset_on_return": "commit"}, "['reset_on_return']: 'commit' is refused"),
+    ({"django_pool_class": "sqlalchemy.pool.StaticPool"}, "['django_pool_class']: sqlalchemy.pool.StaticPool cannot"),
+    ({"django_pool_class": "sqlalchemy.pool.AssertionPool"}, "AssertionPool cannot pool Django's connections"),
+    ({"dialect": "postgresql"}, "['dialect']: unknown dialect 'postgresql'"),
+    ({"django_pool_class": "autopool.pool.DjangoQueuePool", "django_core_pool_size": _core_of_ten},
+     "['django_core_pool_size']: the callable _core_of_ten returned 'ten'"),
+])
+def test_bad_values_are_e001_naming_alias_and_key(obs_server: Server, pool: Any, expected: str) -> None:
+    [message] = run({"main": db_settings(obs_server, POOL=pool)})
+    assert message.id == "autopool.E001" and message.is_serious()
+    assert message.msg.startswith("DATABASES['main']['POOL']")
+    assert expected in message.msg, message.msg
+
+
+def test_a_dialect_for_the_other_driver_is_e001(obs_server: Server) -> None:
+    from django.db.backends.mysql.base import Database
+
+    from autopool.drivers import for_module
+
+    other = "mysql+pymysql" if for_module(Database).name == "mysqlclient" else "mysql+mysqldb"
+    [message] = run({"main": db_settings(obs_server, POOL={"dialect": other})})
+    assert message.id == "autopool.E001"
+    assert message.msg.startswith(f"DATABASES['main']['POOL']['dialect']: {other!r} is for ")
+    assert run({"main": db_settings(obs_server, POOL={"dialect": "mysql"})}) == []
+
+
+@pytest.mark.parametrize("driver", ["mysqlclient", "pymysql"])
+def test_manage_py_check_shows_refused_values(project: Path, obs_server: Server, driver: str) -> None:
+    other = "mysql+pymysql" if driver == "mysqlclient" else "mysql+mysqldb"
+    dbs = {"default": db_settings(obs_server, POOL={"reset_on_return": "commit"}),
+           "static": db_settings(obs_server, POOL={"django_pool_class": "sqlalchemy.pool.StaticPool"}),
+           "dialect": db_settings(obs_server, POOL={"dialect": other}),
+           "fine": db_settings(obs_server, POOL={"dialect": "mysql", "pre_ping": True})}
+    result = check(project, dbs, "--tag", "autopool", driver=driver)
+    assert result.returncode == 1, result.output
+    assert "DATABASES['default']: (autopool.E001) DATABASES['default']['POOL']['reset_on_return']: " \
+           "'commit' is refused" in result.output
+    assert "DATABASES['static']: (autopool.E001) DATABASES['static']['POOL']['django_pool_class']: " \
+           "sqlalchemy.pool.StaticPool cannot pool Django's connections" in result.output
+    assert f"DATABASES['dialect']: (autopool.E001) DATABASES['dialect']['POOL']['dialect']: {other!r} is for " \
+           in result.output
+    assert "DATABASES['fine']" not in result.output

@@ -61,7 +61,7 @@ def test_unknown_key_names_alias_key_and_choices():
     ("timeout", -1, "number >= 0"),
     ("recycle", -5, "or -1: never"),
     ("max_waiting", 1.5, "integer >= 0"),
-    ("reset_on_return", "rollbakc", "'rollback', 'commit', None"),
+    ("reset_on_return", "rollbakc", "'rollback', None, True, False"),
     ("cooperative", "yes", "'auto', True, False"),
     ("pre_ping", 1, "True, False"),
     ("django_pool_class", "no.such.Pool", "cannot import"),
@@ -98,8 +98,188 @@ def test_pool_class_mapping():
 
 def test_reset_on_return_mapping():
     assert config.parse("d", {"reset_on_return": True}).sa_reset_on_return == "rollback"
-    assert config.parse("d", {"reset_on_return": "commit"}).sa_reset_on_return == "commit"
+    assert config.parse("d", {"reset_on_return": "rollback"}).sa_reset_on_return == "rollback"
     assert config.parse("d", {"reset_on_return": False}).sa_reset_on_return is None
+    assert config.parse("d", {"reset_on_return": None}).sa_reset_on_return is None
+
+
+def test_reset_on_return_commit_is_refused_with_the_reason():
+    for setting in ({"reset_on_return": "commit"}, {"preset": "slow_and_safe", "reset_on_return": "commit"}):
+        with pytest.raises(ImproperlyConfigured) as info:
+            config.parse("main", setting)
+        message = str(info.value)
+        assert message.startswith("DATABASES['main']['POOL']['reset_on_return']: 'commit' is refused")
+        assert "Django rolls back" in message and "commit that work" in message
+        assert "'rollback', None, True, False" in message
+    with pytest.raises(ImproperlyConfigured, match=r"\['reset_on_return'\]: invalid value 'commmit'"):
+        config.parse("main", {"reset_on_return": "commmit"})
+
+
+@pytest.mark.parametrize("name", sorted(presets.PRESETS))
+def test_presets_still_parse(name):
+    assert config.parse("d", name).preset == name
+    assert config.parse("d", {"preset": name}).sa_reset_on_return in (None, "rollback")
+
+
+# -- pool classes --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", [
+    "sqlalchemy.pool.StaticPool", "sqlalchemy.pool.AssertionPool", "sqlalchemy.pool.SingletonThreadPool",
+    "sqlalchemy.pool.AsyncAdaptedQueuePool", "sqlalchemy.pool.FallbackAsyncAdaptedQueuePool",
+    "sqlalchemy.pool.impl.StaticPool",
+])
+def test_pool_classes_that_share_a_connection_or_are_async_are_refused(value):
+    import sqlalchemy.pool
+    from django.utils.module_loading import import_string
+
+    if not hasattr(sqlalchemy.pool, value.rsplit(".", 1)[1]):
+        pytest.skip(f"{value} is not in SQLAlchemy {sqlalchemy.__version__}")  # removed in 2.1
+
+    for given in (value, import_string(value)):
+        with pytest.raises(ImproperlyConfigured) as info:
+            config.parse("main", {"django_pool_class": given})
+        message = str(info.value)
+        assert message.startswith("DATABASES['main']['POOL']['django_pool_class']: ")
+        assert value.rsplit(".", 1)[1] in message and "cannot pool Django's connections" in message
+        assert "'autopool.pool.QueuePool'" in message and "'sqlalchemy.pool.NullPool'" in message
+
+
+def test_subclasses_of_refused_pool_classes_are_refused():
+    from sqlalchemy.pool import StaticPool
+
+    class MyStatic(StaticPool):
+        pass
+
+    class MyAsync(QueuePool):
+        _is_asyncio = True
+
+    for cls in (MyStatic, MyAsync):
+        with pytest.raises(ImproperlyConfigured, match="cannot pool Django's connections"):
+            config.parse("main", {"django_pool_class": cls})
+
+
+def test_null_pool_is_accepted():
+    assert config.parse("d", {"django_pool_class": "sqlalchemy.pool.NullPool"}).pool_class is NullPool
+
+
+# -- dialect ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", [None, "mysql", "mariadb", "mysql+mysqldb", "MySQL+PyMySQL", "mariadb+pymysql"])
+def test_dialect_accepts_none_and_names(value):
+    assert config.parse("d", {"dialect": value}).dialect == value
+
+
+def test_dialect_accepts_a_mysql_dialect_instance():
+    from sqlalchemy.dialects.mysql.mysqldb import MySQLDialect_mysqldb
+
+    dialect = MySQLDialect_mysqldb()
+    assert config.parse("d", {"dialect": dialect}).dialect is dialect
+
+
+def _dialects():
+    from sqlalchemy.dialects.mysql.asyncmy import MySQLDialect_asyncmy
+    from sqlalchemy.dialects.mysql.mysqldb import MySQLDialect_mysqldb
+    from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
+    from sqlalchemy.dialects.mysql.mariadbconnector import MySQLDialect_mariadbconnector
+
+    return [
+        ("postgresql", "unknown dialect 'postgresql'"),
+        ("mysql+asyncmy", "unknown dialect 'mysql+asyncmy'"),
+        ("mysql+mysqlconnector", "unknown dialect"),
+        (42, "got 42"),
+        (MySQLDialect_mysqldb, "expected a Dialect instance, got the class MySQLDialect_mysqldb"),
+        (MySQLDialect_asyncmy(), "is an asyncio dialect"),
+        (SQLiteDialect_pysqlite(), "not a dialect of Django's MySQL drivers"),
+        (MySQLDialect_mariadbconnector(), "not a dialect of Django's MySQL drivers"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(8))
+def test_dialect_refuses_anything_else_naming_alias_key_and_choices(index):
+    value, expected = _dialects()[index]
+    with pytest.raises(ImproperlyConfigured) as info:
+        config.parse("main", {"dialect": value})
+    message = str(info.value)
+    assert message.startswith("DATABASES['main']['POOL']['dialect']: ")
+    assert expected in message
+    assert "'mysql+pymysql'" in message  # the valid choices are named
+
+
+def test_resolve_dialect_matches_the_driver_in_use():
+    from sqlalchemy.dialects.mysql.mysqldb import MySQLDialect_mysqldb
+    from sqlalchemy.dialects.mysql.pymysql import MySQLDialect_pymysql
+
+    from autopool.drivers import MySQLclientDriver, PyMySQLDriver
+
+    class Module:
+        __name__ = "MySQLdb"
+        paramstyle = "format"
+
+    mysqlclient, pymysql = MySQLclientDriver(Module), PyMySQLDriver(Module)
+    assert config.resolve_dialect("d", None, mysqlclient) is None
+    assert isinstance(config.resolve_dialect("d", "mysql", mysqlclient), MySQLDialect_mysqldb)
+    assert isinstance(config.resolve_dialect("d", "mariadb", pymysql), MySQLDialect_pymysql)
+    assert isinstance(config.resolve_dialect("d", "mysql+pymysql", pymysql), MySQLDialect_pymysql)
+    instance = MySQLDialect_pymysql()
+    assert config.resolve_dialect("d", instance, pymysql) is instance
+    for value, driver, hint in (("mysql+pymysql", mysqlclient, "'mysql+mysqldb'"),
+                                ("mariadb+mysqldb", pymysql, "'mysql+pymysql'"),
+                                (MySQLDialect_mysqldb(), pymysql, "'mysql+pymysql'")):
+        with pytest.raises(ImproperlyConfigured) as info:
+            config.resolve_dialect("main", value, driver)
+        message = str(info.value)
+        assert message.startswith("DATABASES['main']['POOL']['dialect']: ")
+        assert f"uses {driver.name} in this process" in message and hint in message
+
+
+# -- callable options ------------------------------------------------------------------------------
+
+ELASTIC = {"django_pool_class": "autopool.pool.DjangoQueuePool"}
+
+
+@pytest.mark.parametrize("key, result, expected", [
+    ("django_core_pool_size", "5", "returned '5'; expected an integer >= 0 or None"),
+    ("django_core_pool_size", 2.5, "returned 2.5; expected an integer >= 0"),
+    ("django_unload_timeout", -1, "returned -1; expected a number >= 0"),
+    ("django_retire_interval", 0, "returned 0; expected a number > 0"),
+    ("django_retire_interval", None, "returned None; expected a number >= 0 (exclusive)"),
+    ("django_retire_quantity", True, "returned True; expected an integer >= 0"),
+])
+def test_a_callable_returning_a_bad_value_fails_at_parse(key, result, expected):
+    def option():
+        return result
+
+    with pytest.raises(ImproperlyConfigured) as info:
+        config.parse("main", dict(ELASTIC, **{key: option}))
+    message = str(info.value)
+    assert message.startswith(f"DATABASES['main']['POOL'][{key!r}]: the callable ")
+    assert "option" in message and expected in message, message
+
+
+def test_a_callable_that_raises_fails_at_parse_naming_alias_and_key():
+    def broken():
+        raise KeyError("POOL_CORE")
+
+    with pytest.raises(ImproperlyConfigured) as info:
+        config.parse("main", dict(ELASTIC, django_retire_quantity=broken))
+    assert str(info.value).startswith("DATABASES['main']['POOL']['django_retire_quantity']: the callable ")
+    assert "raised KeyError: 'POOL_CORE'" in str(info.value)
+
+
+def test_good_callables_parse_and_checked_validates_each_call():
+    values = iter([3, 4, "many"])
+
+    def core():
+        return next(values)
+
+    cfg = config.parse("main", dict(ELASTIC, django_core_pool_size=core, django_retire_interval=lambda: 0.5))
+    assert cfg.django_core_pool_size is core  # evaluated once (3), kept as given
+    wrapped = config.checked("main", "django_core_pool_size", core)
+    assert config.evaluate(wrapped) == 4
+    with pytest.raises(ImproperlyConfigured, match=r"^DATABASES\['main'\]\['POOL'\]\['django_core_pool_size'\]: "
+                                                   r"the callable .*core returned 'many'"):
+        config.evaluate(wrapped)
+    assert config.evaluate_option("main", "django_core_pool_size", 7) == 7
 
 
 def test_environment_switch_wins(monkeypatch):
