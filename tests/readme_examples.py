@@ -1,9 +1,9 @@
-"""The README's Python and settings examples, run for real.
+"""The Python and settings examples of README.rst and docs/*.rst, run for real.
 
 ``python -m tests.readme_examples NAME`` runs one example in a fresh process
 against the test server (``AUTOPOOL_TEST_MYSQL_*``) and prints a JSON result
 that ``test_readme_examples`` checks. The examples are read from README.rst
-itself; a settings example's connection parameters are pointed at the test
+and the documentation's pages themselves (``sources()``); a settings example's connection parameters are pointed at the test
 server (its hosts list: the test server first, then addresses nothing listens
 on), everything else runs as written.
 """
@@ -18,12 +18,13 @@ from typing import Any, Callable, Dict, List, Tuple
 from tests.scenario_main import main
 
 README = Path(__file__).resolve().parent.parent / "README.rst"
+DOCS = README.parent / "docs"
 DB = "autopool_readme"
 
 # Which example is which: a text that only that block contains.
 MARKERS: Dict[str, str] = {
     "quickstart_settings": "# settings.py: ENGINE stays the stock one",
-    "quickstart_wsgi": "# wsgi.py (and manage.py, celery.py)",
+    "pymysql_settings": "# settings.py, first lines: PyMySQL stands in",
     "logging": "LOGGING = {",
     "prometheus": "prometheus.register(registry=my_registry",
     "gunicorn_metrics": "def post_worker_init(worker):",
@@ -90,8 +91,24 @@ def python_examples(text: str) -> Dict[str, str]:
     return out
 
 
+def sources() -> List[Path]:
+    """README.rst and every page of docs/: all their examples run."""
+    return [README, *sorted(DOCS.glob("*.rst"))]
+
+
+def all_python_examples() -> Dict[str, str]:
+    """Every named example of every source (a name used twice is an error)."""
+    out: Dict[str, str] = {}
+    for path in sources():
+        for name, source in python_examples(path.read_text(encoding="utf-8")).items():
+            if name in out:
+                raise LookupError(f"{path.name}: a second {name!r} example")
+            out[name] = source
+    return out
+
+
 def example(name: str) -> str:
-    return python_examples(README.read_text(encoding="utf-8"))[name]
+    return all_python_examples()[name]
 
 
 # -- running settings ----------------------------------------------------------
@@ -165,15 +182,27 @@ def system_checks() -> List[str]:
 # -- the examples ---------------------------------------------------------------
 
 def scenario_quickstart(params: Dict[str, Any]) -> Dict[str, Any]:
-    """wsgi.py's two lines, then the settings: a pooled query, the system checks."""
+    """The settings alone (the app installs autopool as Django sets up): a pooled query, the checks."""
     import autopool
 
     before = autopool.is_installed()
-    exec_example("quickstart_wsgi")
     ns = exec_example("quickstart_settings")
     setup_django(ns["DATABASES"], INSTALLED_APPS=ns["INSTALLED_APPS"])
     return {"installed_before": before, "installed": autopool.is_installed(), "aliases": query_every_alias(),
             "checks": system_checks(), "autopool_app": "autopool" in ns["INSTALLED_APPS"]}
+
+
+def scenario_pymysql_settings(params: Dict[str, Any]) -> Dict[str, Any]:
+    """settings.py's first lines make PyMySQL Django's MySQLdb; a pooled query then runs on it."""
+    import autopool
+
+    exec_example("pymysql_settings")
+    import MySQLdb
+
+    autopool.install()
+    setup_django({"default": {"ENGINE": "django.db.backends.mysql", "POOL": {"pool_size": 2}}})
+    return {"mysqldb": MySQLdb.__name__, "aliases": query_every_alias(),
+            "driver": autopool.stats("default")[0]["driver"]}
 
 
 def scenario_logging(params: Dict[str, Any]) -> Dict[str, Any]:

@@ -44,7 +44,8 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "LOG %(levelname)s %(name)s %(message)s"}},
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "loggers": {"autopool": {"handlers": ["stderr"], "level": "WARNING", "propagate": False}},
+    "loggers": {"autopool": {"handlers": ["stderr"], "level": os.environ.get("ADV_LOG_LEVEL", "WARNING"),
+                             "propagate": False}},
 }
 '''
 

@@ -1,4 +1,4 @@
-"""Every Python and settings example in README.rst runs, here, against the test server.
+"""Every Python and settings example in README.rst and docs/*.rst runs, here, against the test server.
 
 Each runs in a fresh process (``tests/readme_examples.py``) exactly as written, except
 that a settings example's server addresses point at the test server.
@@ -29,7 +29,8 @@ def test_every_python_example_is_marked_and_named():
             continue  # shell sessions, program output, formulas
         pytest.fail(f"README.rst line {line}: a {kind} block that is Python; "
                     f"make it '.. code-block:: python' so that it is run")
-    assert sorted(python_examples(TEXT)) == sorted(MARKERS)
+    # The rest of MARKERS are docs/ pages' examples: tests/test_doc_examples.py checks that all are found.
+    assert set(python_examples(TEXT)) <= set(MARKERS)
 
 
 @pytest.fixture(scope="module")
