@@ -20,6 +20,16 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str) -> Any:
+    # Transaction mode's public names, imported on first use: txmode imports
+    # Django's backend utilities, which a settings module must not pull in.
+    if name in ("pinned", "SessionStateError"):
+        from . import txmode
+
+        return getattr(txmode, name)
+    raise AttributeError(f"module 'autopool' has no attribute {name!r}")
+
+
 def dispose(alias: Optional[str] = None) -> int:
     """Close the pools of ``alias`` (every alias if None) for a graceful shutdown.
 

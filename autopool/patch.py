@@ -67,6 +67,13 @@ def _apply(module: Any) -> None:
         for name, wrapper in PATCHES:
             if hasattr(cls, name):
                 _wrap(cls, name, wrapper, _applied)
+        # pool_mode="transaction" (txmode.py): applied after, so around the
+        # hooks above; each returns at once for a wrapper in request mode.
+        from . import txmode
+
+        for name, wrapper in txmode.PATCHES:
+            if hasattr(cls, name):
+                _wrap(cls, name, wrapper, _applied)
         _connect_signals()
 
 
