@@ -78,7 +78,7 @@ def shown_outputs() -> Dict[str, str]:
     found: Dict[str, str] = {}
     for path in sorted(DOCS.glob("*.rst")):
         text = path.read_text(encoding="utf-8")
-        for match in re.finditer(r"^\.\. output-check: (\S+)\n", text, re.M):
+        for match in re.finditer(r"^ *\.\. output-check: (\S+)\n", text, re.M):
             kind, _, source = blocks(text[match.end():])[0]
             assert kind == "literal", f"{path.name}: output-check {match.group(1)} is not followed by a literal block"
             found[match.group(1)] = source
@@ -100,7 +100,8 @@ OUTPUTS = shown_outputs()
 
 
 def test_every_output_check_is_run():
-    assert sorted(OUTPUTS) == ["check-disabled", "check-errors", "log-lines", "runtime-warning"]
+    assert sorted(OUTPUTS) == ["check-disabled", "check-errors", "dispose", "log-lines", "runtime-warning",
+                               "stats-fresh"]
 
 
 def two_aliases(server: Server, **default: Any) -> Dict[str, Any]:
@@ -135,6 +136,13 @@ def test_log_lines(project: Path, mariadb: Server):
     proc = run(project, ["manage.py", "shell", "-c", code], two_aliases(mariadb), env={"ADV_LOG_LEVEL": "INFO"})
     lines = [ln[len("LOG INFO autopool "):] for ln in proc.stderr.splitlines() if ln.startswith("LOG INFO autopool ")]
     assert normalise("\n".join(lines)) == normalise(OUTPUTS["log-lines"])
+
+
+def test_manage_py_autopool_outputs(project: Path, mariadb: Server):
+    fresh = run(project, ["manage.py", "autopool", "stats"], two_aliases(mariadb))
+    assert normalise(fresh.stdout) == normalise(without_prompt(OUTPUTS["stats-fresh"]))
+    dispose = run(project, ["manage.py", "autopool", "dispose"], two_aliases(mariadb))
+    assert normalise(dispose.stdout) == normalise(without_prompt(OUTPUTS["dispose"]))
 
 
 def _env(project: Path, dbs: Dict[str, Any]) -> Dict[str, str]:
