@@ -295,7 +295,7 @@ def release(instance: Any, fairy: Any) -> None:
             driver.reset_session(conn, rec.info.get(SETUP, ()))
             rec.info.pop(INIT, None)
             entry.counters.session_resets += 1
-        if not _back_to_own_database(entry, driver, conn):
+        if not restore_database(entry, driver, conn):
             discard(fairy)
             return
     except Exception as exc:  # noqa: BLE001 - a failed reset means a broken connection
@@ -306,7 +306,7 @@ def release(instance: Any, fairy: Any) -> None:
     fairy.close()
 
 
-def _back_to_own_database(entry: Any, driver: "drivers.Driver", conn: Any) -> bool:
+def restore_database(entry: Any, driver: "drivers.Driver", conn: Any) -> bool:
     """Undo a request's ``USE other``: False if the connection cannot be put back.
 
     The driver reads the current database from the server's session tracking

@@ -80,9 +80,10 @@ def rows_in(server: Server, db: str) -> list:
 
 # -- the current database --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("reset_session", [False, True])
-def test_use_in_one_request_does_not_reach_the_next(server: Server, two_tables: str, reset_session: bool) -> None:
-    with pooled("ss_use", server, dict(ONE, reset_session=reset_session)) as conn:
+@pytest.mark.parametrize("pool", [ONE, dict(ONE, reset_session=True), dict(ONE, preset="slow_and_safe")],
+                         ids=["default", "reset_session", "slow_and_safe"])
+def test_use_in_one_request_does_not_reach_the_next(server: Server, two_tables: str, pool: Dict[str, Any]) -> None:
+    with pooled("ss_use", server, pool) as conn:
         first = conn_id(conn)
         one(conn, f"USE {OTHER_DB}")
         one(conn, "INSERT INTO ss_rows VALUES (1)")  # request 1 means the other database
@@ -197,8 +198,9 @@ def _ss_cursor(conn: Any) -> Any:
     return conn.connection.cursor(cursors.SSCursor)
 
 
-def test_an_unread_streaming_result_is_never_handed_on(server: Server) -> None:
-    with pooled("ss_stream", server, ONE) as conn:
+@pytest.mark.parametrize("reset_session", [False, True])
+def test_an_unread_streaming_result_is_never_handed_on(server: Server, reset_session: bool) -> None:
+    with pooled("ss_stream", server, dict(ONE, reset_session=reset_session)) as conn:
         first = conn_id(conn)
         stream = _ss_cursor(conn)
         stream.execute("SELECT seq FROM seq_1_to_100000")
