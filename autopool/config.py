@@ -558,6 +558,14 @@ def resolve_dialect(alias: str, value: Any, driver: Any) -> Any:
                                       f"uses {in_use} in this process; {hint}")
     if isinstance(value, str):
         return driver.dialect()
+    if getattr(value, "dbapi", None) is None:
+        # ``MySQLDialect_mysqldb()`` as the seed's users wrote it: no DB-API
+        # module, so the first failed ping would raise NoDBAPILoaded instead of
+        # replacing the dead connection. A copy gets the driver's module.
+        import copy
+
+        value = copy.copy(value)
+        value.dbapi = driver.module
     return value
 
 

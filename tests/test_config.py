@@ -220,8 +220,11 @@ def test_resolve_dialect_matches_the_driver_in_use():
     assert isinstance(config.resolve_dialect("d", "mysql", mysqlclient), MySQLDialect_mysqldb)
     assert isinstance(config.resolve_dialect("d", "mariadb", pymysql), MySQLDialect_pymysql)
     assert isinstance(config.resolve_dialect("d", "mysql+pymysql", pymysql), MySQLDialect_pymysql)
-    instance = MySQLDialect_pymysql()
+    instance = MySQLDialect_pymysql(dbapi=Module)
     assert config.resolve_dialect("d", instance, pymysql) is instance
+    bare = MySQLDialect_pymysql()  # no DB-API module: a copy gets the driver's, the original is untouched
+    resolved = config.resolve_dialect("d", bare, pymysql)
+    assert type(resolved) is MySQLDialect_pymysql and resolved.dbapi is Module and bare.dbapi is None
     for value, driver, hint in (("mysql+pymysql", mysqlclient, "'mysql+mysqldb'"),
                                 ("mariadb+mysqldb", pymysql, "'mysql+pymysql'"),
                                 (MySQLDialect_mysqldb(), pymysql, "'mysql+pymysql'")):

@@ -125,6 +125,21 @@ def test_a_dialect_name_pings_with_the_drivers_dialect(server: Server) -> None:
         conn.close()
 
 
+def test_a_dialect_instance_without_a_dbapi_pings_and_replaces(server: Server) -> None:
+    """``MySQLDialect_mysqldb()`` as the seed's README had users write it (no DB-API module given)."""
+    from sqlalchemy.dialects.mysql.mysqldb import MySQLDialect_mysqldb
+    from sqlalchemy.dialects.mysql.pymysql import MySQLDialect_pymysql
+
+    dialect = MySQLDialect_pymysql() if djsettings.DRIVER == "pymysql" else MySQLDialect_mysqldb()
+    with pooled("dl_inst", server, {"pool_size": 1, "max_overflow": 0, "dialect": dialect, "pre_ping": True}) as conn:
+        cid = conn_id(conn)
+        conn.close()
+        server.execute(f"KILL {cid}")
+        wait_until(lambda: not alive(server, cid), 10, "the killed session's end")
+        assert conn_id(conn) != cid  # not NoDBAPILoaded from the failed ping
+        conn.close()
+
+
 def test_a_dialect_of_the_other_driver_fails_at_checkout_naming_alias_and_key(server: Server) -> None:
     other = "mysql+mysqldb" if djsettings.DRIVER == "pymysql" else "mysql+pymysql"
     with pooled("dl_other", server, {"dialect": other}) as conn:
