@@ -21,6 +21,8 @@ What is reported:
   timeouts, unknown primary).
 * ``autopool.W004``: a ``POOL_OPTIONS`` key (django-db-connection-pool's
   setting) on an alias whose ENGINE is not that library's: nothing reads it.
+* ``autopool.W020``: an ASGI project keeping persistent, unpooled MySQL
+  connections (``CONN_MAX_AGE`` without ``POOL``).
 
 Without the app in ``INSTALLED_APPS`` no autopool code runs in a process that
 does not call ``install()`` itself: the app entry is the guard.
@@ -137,7 +139,9 @@ def startup() -> None:
     enabled = config_mod.enabled()
     if _running_check_command():
         return  # ``manage.py check`` prints these findings itself, once
-    for message in problems(settings.DATABASES, installed=is_installed(), enabled=enabled):
+    from .checks import check_asgi
+
+    for message in problems(settings.DATABASES, installed=is_installed(), enabled=enabled) + check_asgi():
         report(message)
     if not enabled:
         pooled = [alias for alias, db in settings.DATABASES.items() if db.get("POOL") is not None]

@@ -345,3 +345,12 @@ def test_disabled_by_the_environment_says_so_quietly(project: Path, mariadb: Ser
                             env={"AUTOPOOL_ENABLED": "0"})
     assert not any(r["pools"] for r in results)
     assert "WARNING" not in stderr and "AutopoolWarning" not in stderr, stderr
+
+
+def test_persistent_unpooled_connections_under_asgi_warn_at_start_up(project: Path, mariadb: Server) -> None:
+    results, stderr = serve(project, "asgi", {"default": database(mariadb, CONN_MAX_AGE=60)},
+                            settings={"ASGI_APPLICATION": "advproj.asgi.application"})
+    assert not any(r["pools"] for r in results)
+    [line] = logged(stderr, "autopool.W020")
+    assert "DATABASES['default'] sets CONN_MAX_AGE=60 without a POOL in an ASGI project" in line
+

@@ -153,3 +153,38 @@ def _env(project: Path, dbs: Dict[str, Any]) -> Dict[str, str]:
     environ.update(PYTHONPATH=os.pathsep.join([str(project), str(ROOT)]), PYTHONDONTWRITEBYTECODE="1",
                    ADV_DATABASES=json.dumps(dbs), DJANGO_SETTINGS_MODULE="advproj.settings")
     return environ
+
+
+# -- install lines ------------------------------------------------------------------------------
+
+def setup_kwargs() -> Dict[str, Any]:
+    """What setup.py passes to setuptools.setup()."""
+    import runpy
+
+    import setuptools
+
+    captured: Dict[str, Any] = {}
+    original = setuptools.setup
+    setuptools.setup = lambda **kw: captured.update(kw)
+    try:
+        runpy.run_path(str(ROOT / "setup.py"), run_name="__main__")
+    finally:
+        setuptools.setup = original
+    return captured
+
+
+def test_install_lines_name_the_distribution_and_its_extras():
+    meta = setup_kwargs()
+    texts = {"README.rst": README, "docs/install.rst": page("install.rst")}
+    found = 0
+    for where, text in texts.items():
+        for line in re.findall(r"pip install [^\n`]*", text):
+            for dist, extras in re.findall(r'"?([A-Za-z0-9_.-]+)\[([a-z0-9_,]+)\]"?', line):
+                if dist in ("gunicorn", "celery"):
+                    continue  # third-party extras: gunicorn[gevent], celery[redis]
+                found += 1
+                assert dist == meta["name"], f"{where}: {line!r} installs {dist!r}, not {meta['name']!r}"
+                unknown = set(extras.split(",")) - set(meta["extras_require"])
+                assert not unknown, f"{where}: {line!r}: no extra {unknown} in setup.py"
+    assert found >= 5
+    assert "pymysql.install_as_MySQLdb()" in README and "gunicorn[gevent]" in README
