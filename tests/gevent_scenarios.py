@@ -199,9 +199,11 @@ def scenario_shared_connection(args):
 
 
 def scenario_semantics(args):
-    """Results and errors of the same statements, as JSON, for comparison with stock."""
-    server = setup({"pool_size": 3, "max_overflow": 0, "cooperative": args.get("cooperative", "auto")},
-                   OPTIONS={"charset": "utf8mb4", "client_flag": 1 << 16})  # CLIENT.MULTI_STATEMENTS
+    """Results and errors of the same statements, as JSON, for comparison with stock Django
+    (``stock``: the alias has no POOL, so autopool leaves it alone)."""
+    pool = None if args.get("stock") else {"pool_size": 3, "max_overflow": 0,
+                                           "cooperative": args.get("cooperative", "auto")}
+    server = setup(pool, OPTIONS={"charset": "utf8mb4", "client_flag": 1 << 16})  # CLIENT.MULTI_STATEMENTS
     from django.db import connection
 
     out = {}
@@ -298,13 +300,14 @@ def scenario_timeout(args):
             connection.close()
 
     holders = [gevent.spawn(holder) for _ in range(3)]
-    gevent.sleep(0.1)
+    from autopool import registry
+    from tests.scenario_main import wait_until
+
+    wait_until(lambda: any(e.pool.checkedout() == 3 for e in registry.entries()), 10, "3 holders checked out")
     waiters = [gevent.spawn(waiter) for _ in range(args.get("waiters", 4))]
     gevent.joinall(waiters, timeout=10)
     hold.set()
     gevent.joinall(holders, timeout=10)
-    from autopool import registry
-
     pool = next(iter(registry.entries())).pool
     from django.db import OperationalError
 

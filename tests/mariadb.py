@@ -59,16 +59,24 @@ def _as_root() -> List[str]:
     return ["--user=root"] if os.geteuid() == 0 else []
 
 
-def _free_port() -> int:
-    # Below 32768: Linux hands out 32768-60999 to outgoing connections, which steal ports under load.
-    while True:
-        port = random.randint(20000, 31999)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
+def free_port(count: int = 1) -> int:
+    """A free loopback port (the first of ``count`` consecutive free ones): the one port picker of
+    the tests. Below 32768: Linux hands out 32768-60999 to outgoing connections, which steal ports
+    under load. Random, so that concurrent test sessions rarely try the same one."""
+    for _ in range(10000):
+        port = random.randint(20000, 31999 - count)
+        if all(_bindable(p) for p in range(port, port + count)):
+            return port
+    raise RuntimeError(f"no {count} free consecutive port(s) in 20000-31999")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _alive(pid: int) -> bool:
@@ -174,7 +182,9 @@ class Server:
         os.mkdir(os.path.join(self.dir, "tmp"))
         _run([_tool("mariadb-install-db"), "--no-defaults", *_as_root(), "--datadir=" + self.datadir,
                    "--auth-root-authentication-method=normal", "--skip-test-db", "--skip-name-resolve",
-                   "--innodb-log-file-size=48M"])
+                   "--innodb-log-file-size=48M",
+                   # Its own tmpdir here too: a server starting meanwhile wipes #sql* files in /tmp.
+                   f"--tmpdir={os.path.join(self.dir, 'tmp')}"])
 
     def _load_tz(self) -> None:
         tz = subprocess.Popen([_tool("mariadb-tzinfo-to-sql"), "/usr/share/zoneinfo"],
@@ -192,7 +202,7 @@ class Server:
         log = os.path.join(self.dir, "error.log")
         for attempt in range(10):
             if not self._fixed_port:
-                self.port = _free_port()
+                self.port = free_port()
             # Own --tmpdir: a starting server deletes every #sql* file in its tmpdir, even another's.
             cmd = [_tool("mariadbd"), "--no-defaults", *_as_root(), "--datadir=" + self.datadir,
                    f"--socket={self.socket}", f"--port={self.port}", "--bind-address=127.0.0.1",

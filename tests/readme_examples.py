@@ -237,28 +237,6 @@ class _Worker:
     cfg = _Cfg()
 
 
-def scenario_gunicorn_metrics(params: Dict[str, Any]) -> Dict[str, Any]:
-    """post_worker_init, called as gunicorn would; then a scrape of the port it took."""
-    import urllib.request
-
-    import autopool
-
-    autopool.install()
-    setup_django({"default": {"ENGINE": "django.db.backends.mysql", "POOL": {"pool_size": 4}}})
-    query_every_alias()
-    ns = exec_example("gunicorn_metrics")
-    ns["post_worker_init"](_Worker())  # its HTTP server thread is a daemon: it ends with this process
-    for port in range(9200, 9200 + 2 * _Worker.cfg.workers):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-                body = response.read().decode()
-        except OSError:
-            continue
-        if "autopool_pool_size" in body:
-            return {"port": port, "scrape": body}
-    return {"port": None, "scrape": ""}
-
-
 def _idle_and_sessions() -> Tuple[int, int]:
     import autopool
 
@@ -342,8 +320,10 @@ def scenario_multi_host(params: Dict[str, Any]) -> Dict[str, Any]:
     setup_django(ns["DATABASES"])
     from django.db import connections
 
-    out = {"aliases": query_every_alias(), "hosts": ns["DATABASES"]["default"]["POOL"]["hosts"],
-           "options": ns["DATABASES"]["default"]["OPTIONS"]}
+    from autopool import hosts
+
+    out = {"aliases": query_every_alias(),
+           "hosts_status": [[h["port"], h["up"], h["idle"], h["checked_out"]] for h in hosts.status("default")]}
     with connections["default"].cursor() as cursor:
         cursor.execute("SELECT @@port")
         out["served_by_port"] = cursor.fetchone()[0]

@@ -19,6 +19,8 @@ from typing import Any, Callable, Dict, List  # noqa: E402
 import gevent  # noqa: E402
 from gevent.event import Event  # noqa: E402
 
+from tests.scenario_main import wait_until  # noqa: E402
+
 DB = "autopool_rel_gevent"
 
 
@@ -45,15 +47,6 @@ def setup(databases: Dict[str, Dict[str, Any]]) -> Any:
     autopool.install()
     django.setup()
     return server
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.005) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        gevent.sleep(interval)
-    return True
 
 
 def pool_of(alias: str = "default") -> Any:
@@ -167,14 +160,14 @@ def scenario_interrupt(args: Dict[str, Any]) -> Dict[str, Any]:
                 victim(sql, in_atomic)
 
         g = gevent.spawn(victim, sql, in_atomic) if how == "kill" else gevent.spawn(timed)
-        started = wait_until(running(server, marker), 10)
+        started = wait_until(running(server, marker), 10, fail=False)
         if how == "kill":
             g.kill(block=True, timeout=10)
         else:
             g.join(10)
         case = {"started": started, "victim_dead": g.dead}
         # The victim's session (if it was closed) must end before its rows are checked.
-        wait_until(lambda: not running(server, marker)(), 10)
+        wait_until(lambda: not running(server, marker)(), 10, fail=False)
         case.update(next_user(name))
         case["rows"] = int(server.execute(f"SELECT COUNT(*) FROM {DB}.rel_int")[0][0])
         case["pool"] = pool_state()
@@ -189,21 +182,31 @@ def scenario_interrupt(args: Dict[str, Any]) -> Dict[str, Any]:
 
 def scenario_killed_waiter(args: Dict[str, Any]) -> Dict[str, Any]:
     """A greenlet killed (or timed out by gevent.Timeout) while it waits for a connection must not
-    take a connection or a slot with it."""
+    take a connection or a slot with it: ``kill`` and ``timeout`` while it is queued; ``handed``
+    killed after a returned connection was handed to it, before it ran again."""
     setup({"default": ({"pool_size": 1, "max_overflow": 0, "timeout": 1}, {})})
     from django.db import connection
 
     out: Dict[str, Any] = {}
-    for how in ("kill", "timeout"):
+    for how in ("kill", "timeout", "handed"):
         hold, held = Event(), Event()
+        case: Dict[str, Any] = {}
 
         def holder() -> None:
             try:
-                connection.ensure_connection()
+                with connection.cursor() as cur:
+                    cur.execute("SELECT CONNECTION_ID()")
+                    case["holder_id"] = int(cur.fetchone()[0])
                 held.set()
                 hold.wait(10)
             finally:
+                if how == "handed":
+                    # The kill is scheduled first, then close() hands the connection to the queued
+                    # waiter: the kill reaches it before its wake-up does (no yield in between).
+                    w.kill(block=False)
                 connection.close()
+                if how == "handed":
+                    case["at_kill"] = {"waiting": pool_of().waiting(), "checked_out": pool_of().checkedout()}
 
         def waiter() -> None:
             try:
@@ -212,36 +215,54 @@ def scenario_killed_waiter(args: Dict[str, Any]) -> Dict[str, Any]:
                         connection.ensure_connection()
                 else:
                     connection.ensure_connection()
+                case["waiter_got_a_connection"] = True
             finally:
                 connection.close()
 
         h = gevent.spawn(holder)
-        held.wait(2)
+        case["held"] = held.wait(5)
         w = gevent.spawn(waiter)
-        wait_until(lambda: pool_of().waiting() == 1, 5)
+        case["queued"] = wait_until(lambda: pool_of().waiting() == 1, 5, fail=False)
         if how == "kill":
             w.kill(block=True, timeout=5)
-        else:
+        elif how == "timeout":
             w.join(5)
-        waiting_after = pool_of().waiting()
+        case["waiting_after_kill"] = pool_of().waiting()
         hold.set()
         h.join(5)
+        w.join(5)
+        case["greenlets"] = {name: [g.dead, ended_by(g)] for name, g in (("holder", h), ("waiter", w))}
 
-        def again() -> str:
+        def again() -> Any:
             try:
-                connection.ensure_connection()
-                return "ok"
-            except Exception as exc:  # noqa: BLE001
-                return type(exc).__name__
-            finally:
-                connection.close()
+                return ["ok", select_connection_id()]
+            except Exception as exc:  # noqa: BLE001 - the result
+                return [type(exc).__name__]
 
         start = time.monotonic()
         g = gevent.spawn(again)
         g.join(10)
-        out[how] = {"waiting_after_kill": waiting_after, "next_checkout": g.value,
-                    "next_checkout_s": time.monotonic() - start, "pool": pool_state()}
+        case.update(next_checkout=g.value, next_checkout_s=time.monotonic() - start, pool=pool_state())
+        out[how] = case
     return out
+
+
+def ended_by(g: Any) -> Any:
+    """The name of what ended greenlet ``g``: its exception, GreenletExit if killed, None if it returned."""
+    if g.exception is not None:
+        return type(g.exception).__name__
+    return type(g.value).__name__ if isinstance(g.value, BaseException) else None  # kill(): GreenletExit
+
+
+def select_connection_id() -> int:
+    from django.db import connection
+
+    try:
+        with connection.cursor() as cur:
+            cur.execute("SELECT CONNECTION_ID()")
+            return int(cur.fetchone()[0])
+    finally:
+        connection.close()
 
 
 # -- server restart under load --------------------------------------------------------------------
@@ -286,16 +307,17 @@ def scenario_restart(args: Dict[str, Any]) -> Dict[str, Any]:
         return sum(1 for s, _, k in log if s >= t and k is not None)
 
     workers = [gevent.spawn(worker) for _ in range(args.get("greenlets", 20))]
-    warm = wait_until(lambda: ok_since(0) >= 100, 15)
+    warm = wait_until(lambda: ok_since(0) >= 100, 15, fail=False)
     t_down = time.monotonic()
     own._kill()  # SIGTERM, waits (cooperatively) until mariadbd has exited
     t_stopped = time.monotonic()
     # The outage lasts a second at least, and until requests have been seen failing.
     outage = args.get("outage", 1.0)
-    outage_seen = wait_until(lambda: failed_since(t_stopped) >= 20 and time.monotonic() - t_stopped >= outage, 15)
+    outage_seen = wait_until(lambda: failed_since(t_stopped) >= 20 and time.monotonic() - t_stopped >= outage, 15,
+                             fail=False)
     own.start()  # returns once the server answers
     t_up = time.monotonic()
-    recovered = wait_until(lambda: time.monotonic() > t_up + 1.5 and ok_since(t_up + 1.0) >= 50, 20)
+    recovered = wait_until(lambda: time.monotonic() > t_up + 1.5 and ok_since(t_up + 1.0) >= 50, 20, fail=False)
     stop.set()
     gevent.joinall(workers, timeout=15)
     unfinished = sum(1 for w in workers if not w.dead)
@@ -303,7 +325,7 @@ def scenario_restart(args: Dict[str, Any]) -> Dict[str, Any]:
     first_ok_after_up = min((e for s, e, k in log if k is None and e >= t_up), default=None)
     # Sessions the server holds for this database settle once killed ones are gone.
     state = pool_state()
-    settled = wait_until(lambda: db_sessions(server, args["db"]) == pool_of().opened(), 10)
+    settled = wait_until(lambda: db_sessions(server, args["db"]) == pool_of().opened(), 10, fail=False)
     return {
         "warm": warm, "outage_seen": outage_seen, "recovered": recovered, "unfinished": unfinished,
         "t_down": t_down, "t_stopped": t_stopped, "t_up": t_up,
@@ -353,7 +375,7 @@ def scenario_stall(args: Dict[str, Any]) -> Dict[str, Any]:
             connection.close()
 
         warmers = [gevent.spawn(warm) for _ in range(4)]
-        wait_until(lambda: list(registry.entries()) and pool_of().checkedout() == 4, 10)
+        wait_until(lambda: list(registry.entries()) and pool_of().checkedout() == 4, 10, fail=False)
         go.set()
         gevent.joinall(warmers, timeout=10)
 
@@ -412,6 +434,7 @@ def scenario_stall(args: Dict[str, Any]) -> Dict[str, Any]:
             result["stuck"] = ["".join(traceback.format_stack(o.gr_frame)) for o in stuck]
         result["max_gap"] = ticker.close()
         result["victim_finished"] = v.dead
+        result["died_of"] = [ended_by(g) for g in (v, *others) if g.dead and ended_by(g) is not None]
         result["served_during_stall"] = sum(1 for t in served if t_stall <= t <= t_done)
         result["pool"] = pool_state()
         return result
@@ -474,6 +497,7 @@ def scenario_blackhole(args: Dict[str, Any]) -> Dict[str, Any]:
         o.join(10)
         result["max_gap"] = ticker.close()
         result["frozen_finished"] = f.dead
+        result["ended_by"] = {"frozen": ended_by(f), "other": ended_by(o) if o.dead else "still running"}
         result["served_meanwhile"] = sum(1 for t in served if t0 <= t <= t1)
         result["frozen_pool"] = pool_state("frozen")
         result["default_pool"] = pool_state("default")

@@ -42,7 +42,8 @@ def test_hard_cap_under_a_thousand_greenlets(scenario):
     assert r["checked_out_after"] == 0
 
 
-@pytest.mark.skipif(djsettings.DRIVER != "mysqlclient", reason="mysqlclient's cooperative wait")
+@pytest.mark.skipif(djsettings.DRIVER != "mysqlclient",
+                    reason="mysqlclient only (its cooperative wait); PyMySQL: test_pymysql_runs_queries_concurrently")
 def test_cooperative_mysqlclient_runs_queries_concurrently(scenario):
     fast = scenario("sleep", greenlets=50, seconds=0.2)
     assert fast["class"] == ["CooperativeConnection"]
@@ -54,15 +55,20 @@ def test_cooperative_mysqlclient_runs_queries_concurrently(scenario):
     assert slow["elapsed"] >= 1.9
 
 
-@pytest.mark.skipif(djsettings.DRIVER != "pymysql", reason="PyMySQL is cooperative by itself")
+@pytest.mark.skipif(djsettings.DRIVER != "pymysql",
+                    reason="PyMySQL only; mysqlclient: test_cooperative_mysqlclient_runs_queries_concurrently")
 def test_pymysql_runs_queries_concurrently(scenario):
     r = scenario("sleep", greenlets=50, seconds=0.2)
     assert r["elapsed"] < 1.0
 
 
-@pytest.mark.skipif(djsettings.DRIVER != "mysqlclient", reason="mysqlclient's cooperative wait")
+@pytest.mark.xfail(djsettings.DRIVER == "pymysql", strict=True, reason=(
+    "known gap on PyMySQL: the second greenlet's query is sent, its read fails with RuntimeError, the "
+    "first query succeeds, the connection stays open and is pooled with the second reply unread: the "
+    "next user reads 2 instead of 3"))
 def test_a_connection_used_by_two_greenlets_fails_both_and_hangs_none(scenario):
     r = scenario("shared_connection")
+    assert r["after"] == 3, r  # the next user of the pool gets its own result
     assert r["finished"] == 2 and r["elapsed"] < 5
     assert r["second"] == ["error", "ConcurrentObjectUseError"]
     assert r["first"] == ["error", "OperationalError"]  # its connection was closed under it
@@ -71,8 +77,10 @@ def test_a_connection_used_by_two_greenlets_fails_both_and_hangs_none(scenario):
 
 
 def test_results_and_errors_are_unchanged_by_the_cooperative_wait(scenario):
+    """The same statements through autopool (mysqlclient: its cooperative wait) and through stock
+    Django (no POOL: autopool leaves the alias alone) give the same results and errors."""
     coop = scenario("semantics", cooperative=True if djsettings.DRIVER == "mysqlclient" else "auto")
-    stock = scenario("semantics", cooperative=False)
+    stock = scenario("semantics", stock=True)
     assert coop == stock
     assert coop["select"] == ["ok", [["1", "a", "None", "2.5"]]]
     assert coop["multi"] == ["ok", [[["1"]], [["2", "3"]], [["x"]]]]
@@ -120,7 +128,8 @@ def test_an_always_full_pool_never_reclaims_live_checkouts(scenario):
     assert r["leaks"] == 0
 
 
-@pytest.mark.skipif(djsettings.DRIVER != "mysqlclient", reason="mysqlclient's connects run in gevent's thread pool")
+@pytest.mark.skipif(djsettings.DRIVER != "mysqlclient",
+                    reason="mysqlclient only: its connects run in gevent's thread pool (PyMySQL's in the hub)")
 def test_first_connects_in_pool_threads_touch_no_gevent_primitive(scenario):
     # Before the driver's lazily imported module was loaded up front, concurrent first connects
     # imported it in pool threads, under importlib's (patched, gevent) module lock.
