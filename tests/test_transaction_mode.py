@@ -450,3 +450,25 @@ def test_shallow_copy_never_parks_the_original(tx: Any) -> None:
     assert one(dup, "SELECT 1") == (1,)
     dup.close()
     assert cid(tx)
+
+
+def test_async_orm_gives_the_connection_back_between_awaits(tx: Any) -> None:
+    """The async ORM (sync_to_async on the request's thread) parks like sync code does."""
+    import asyncio
+
+    from asgiref.sync import async_to_sync, sync_to_async
+
+    row = Row.objects.using(ALIAS).create(value=14)
+    between: List[int] = []
+
+    async def view() -> None:
+        first = await Row.objects.using(ALIAS).aget(pk=row.pk)
+        between.append(pool_of().checkedout())
+        await asyncio.sleep(0)
+        second = await Row.objects.using(ALIAS).filter(pk=row.pk).afirst()
+        assert first.pk == second.pk == row.pk
+        await sync_to_async(lambda: connections[ALIAS].close())()
+
+    async_to_sync(view)()  # sync parts run on this thread, as under Django's ASGI handler
+    assert between == [0]
+    Row.objects.using(ALIAS).filter(pk=row.pk).delete()

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from shop import async_views, views
+from shop import async_views, txviews, views
 
 urlpatterns = [
     path("item/<int:item_id>", views.item),
@@ -8,6 +8,7 @@ urlpatterns = [
     path("stats", views.stats),
     path("cid", views.cid),
     path("health", views.health),
+    path("tx/query-wait-query", txviews.query_wait_query),  # bench/txmode.py
     # Async views (the ORM's async API): served under ASGI (example_project.asgi); under WSGI
     # Django runs them in an event loop of their own per request.
     path("async/item/<int:item_id>", async_views.item),
