@@ -118,6 +118,20 @@ def make_cooperative(conn: Any, read_timeout: Optional[float] = None) -> Any:
     return conn
 
 
+def forget_watcher(conn: Any) -> None:
+    """After fork (``fork.py``): drop the read watcher made for the parent's socket.
+
+    One a greenlet still waits on is left running: the descriptor now reads
+    /dev/null, so that wait ends with a lost-connection error instead of never.
+    """
+    watcher = getattr(conn, "__dict__", {}).get("_autopool_watcher")
+    if watcher is None:
+        return
+    conn._autopool_watcher = None
+    if watcher.callback is None:
+        watcher.close()
+
+
 def _call(func: Callable[..., Any], args: tuple) -> Any:
     try:
         return True, func(*args)

@@ -255,9 +255,10 @@ def release(instance: Any, fairy: Any) -> None:
     rec = fairy._connection_record
     rec.__dict__.pop(LEASED, None)
     if entry.inherited:
-        # A forked child must not touch the parent's session: keep it alive,
-        # unused, with the inherited pool.
-        fairy._pool._do_return_conn = lambda record: None
+        # Checked out inside atomic() when this process was forked (fork.py): the
+        # session is the parent's and the socket reads /dev/null here. Neither
+        # reset nor pool it: let go of it (SQLAlchemy's detach()).
+        fairy.detach()
         return
     if entry.hosts is not None and entry.hosts.stale(rec):
         # Multi-host alias: this connection's host went down, or traffic
@@ -336,6 +337,7 @@ def discard(fairy: Any) -> None:
         rec.__dict__.pop(LEASED, None)
     entry = getattr(fairy._pool, "autopool_entry", None)
     if entry is not None and entry.inherited:
+        fairy.detach()  # the parent's session, in a forked child: see release()
         return
     if fairy.dbapi_connection is None:
         return

@@ -6,12 +6,12 @@ idle connections (outside the pool lock's critical section for the close
 itself), so it never blocks a request. Each round reclaims connections
 abandoned by greenlets or threads that ended without closing them, and lets
 elastic pools retire idle connections. Stopped by ``uninstall()``; after
-``fork()`` the child starts a fresh one on demand.
+``fork()`` the child starts a fresh one on demand (``fork.py`` calls
+:func:`reset_after_fork`).
 """
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import weakref
 from typing import Any, Optional
@@ -93,12 +93,14 @@ def is_running() -> bool:
     return _thread is not None and _thread.is_alive()
 
 
-def _after_fork_in_child() -> None:
+def reset_after_fork() -> None:
+    """In a forked child: no task, nothing registered, a fresh lock."""
     global _thread, _stop, _lock
+    thread, event = _thread, _stop
     _thread = _stop = None
     _lock = threading.Lock()
     _pools.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    if thread is not None and event is not None and thread.is_alive():
+        # Under gevent the parent's task is a greenlet, copied into the child (a thread is not:
+        # it no longer runs here). It would keep running beside the child's own: stop it.
+        event.set()

@@ -3,21 +3,20 @@
 A changed NAME/USER/HOST/PORT/OPTIONS (the test runner switching to
 ``test_<name>``, a ``--parallel`` worker's clone) gets a pool of its own and
 the alias's stale pool is closed, so a connection never reaches another
-database. After ``fork()`` the child starts with no pools: the parent's
-sockets are left untouched (closing them, or letting them be garbage
-collected, would send COM_QUIT and end the parent's sessions).
+database. After ``fork()`` the child starts with no pools: ``fork.py`` points
+the inherited connections at /dev/null and calls :func:`forget_after_fork`.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 
 from sqlalchemy import event
 
 from . import config as config_mod
+from . import fork
 from . import gevent as gevent_support
 from .drivers import Driver, for_module
 from .pool import QueuePool
@@ -27,9 +26,6 @@ logger = logging.getLogger("autopool")
 
 _lock = threading.Lock()
 _pools: Dict[Tuple[str, str], "PoolEntry"] = {}
-# Pools inherited across fork(): referenced forever so their sockets are never
-# closed or collected in the child.
-_inherited: List["PoolEntry"] = []
 
 _PUBLIC_PARAMS = ("host", "port", "database", "db", "user", "unix_socket")
 
@@ -51,7 +47,8 @@ class PoolEntry:
         # Django's per-wrapper mysql_server_data (one query per new wrapper,
         # i.e. per greenlet) is the same for every connection of this pool.
         self.server_data: Optional[dict] = None
-        # Set in a forked child: the pool and its sockets belong to the parent.
+        # Set in a forked child (fork.py): the pool belongs to the parent, and a
+        # connection of it still held by a wrapper is never reset, pooled or closed.
         self.inherited = False
         self.counters = pool.counters
         # A multi-host alias's hosts.HostSet (POOL["hosts"]), else None.
@@ -114,12 +111,14 @@ def create(alias: str, key: str, pool_setting: Any, database_module: Any,
         driver = for_module(database_module)
         if gevent_support.wants_cooperative(cfg.cooperative, driver.name):
             connect = gevent_support.wrap_creator(connect, conn_params)
+        connect = fork.tracking(connect)  # a forked child must find every connection (fork.py)
         if cfg.hosts is not None:
             from .hosts import HostSet
 
             hostset = HostSet(alias, cfg, conn_params, connect)
             connect = hostset.create_connection
         pool = build_pool(cfg, driver, connect)
+        fork.track_pool(pool)
         entry = PoolEntry(alias, key, cfg, pool, driver, public_params(conn_params))
         pool.autopool_entry = entry
         if hostset is not None:
@@ -241,17 +240,12 @@ def dispose(alias: Optional[str] = None) -> int:
     return len(victims)
 
 
-def _after_fork_in_child() -> None:
+def forget_after_fork() -> None:
+    """In a forked child (called by ``fork.py`` once the inherited connections point at /dev/null):
+    forget the parent's pools; the next checkout builds the child's own."""
     global _lock
     _lock = threading.Lock()
     for entry in _pools.values():
-        # Returned connections must not be rolled back or closed on the
-        # parent's sessions; see the module docstring.
-        entry.pool._reset_on_return = None
         entry.inherited = True
-        _inherited.append(entry)
     _pools.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    _last_keys.clear()

@@ -44,6 +44,8 @@ from asgiref.local import Local
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS
 
+from . import fork
+
 logger = logging.getLogger("autopool")
 
 # Seconds between two lag checks of a replica.
@@ -153,7 +155,7 @@ class ReplicaMonitor:
         cooperative = config_mod.parse(replica.alias, wrapper.settings_dict["POOL"]).cooperative
         if gevent_support.wants_cooperative(cooperative, driver.name):
             connect = gevent_support.wrap_creator(connect, params)
-        conn = connect()
+        conn = fork.track(connect())  # a forked child must not close it on the parent's socket
         try:
             conn.autocommit(True)
         except Exception:  # noqa: BLE001 - a driver without it reads status fine anyway
@@ -232,8 +234,14 @@ def _replicas_from_settings(databases: Dict[str, Dict[str, Any]]) -> List[Replic
 
 
 def monitor() -> ReplicaMonitor:
-    """The process's replica monitor (created, and registered with housekeeping, on first use)."""
+    """The process's replica monitor (created, and registered with housekeeping, on first use).
+
+    A forked child gets its own (:func:`reset_after_fork`): the parent's stops being checked there.
+    """
     global _monitor
+    mon = _monitor
+    if mon is not None:  # the common case, once per routed query: no lock
+        return mon
     with _monitor_lock:
         if _monitor is None:
             from django.core.signals import request_finished, request_started
@@ -263,6 +271,15 @@ def stop_monitor() -> None:
         mon.close()
 
 
+def reset_after_fork() -> None:
+    """In a forked child (``fork.py``, after the inherited connections point at /dev/null): forget
+    the parent's monitor; the next :func:`monitor` call builds the child's, with its own connections,
+    registered with the child's housekeeping."""
+    global _monitor, _monitor_lock
+    _monitor_lock = threading.Lock()
+    _monitor = None
+
+
 def status() -> List[Dict[str, Any]]:
     """Each replica's alias, primary, health, lag and why it is not used."""
     return monitor().status()
@@ -278,8 +295,13 @@ class ReplicaRouter:
     default_primary = DEFAULT_DB_ALIAS
 
     def __init__(self) -> None:
-        self.monitor = monitor()
-        self.primary_of = {r.alias: r.primary for r in self.monitor.replicas}
+        self.primary_of = {r.alias: r.primary for r in monitor().replicas}
+
+    @property
+    def monitor(self) -> ReplicaMonitor:
+        # Looked up each time: Django keeps its routers for the life of the process, a forked
+        # child included, and the child's monitor is not the parent's.
+        return monitor()
 
     def _primary(self, hints: Dict[str, Any]) -> str:
         instance = hints.get("instance")

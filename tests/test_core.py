@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from unittest import mock
 
 import pytest
@@ -301,37 +300,6 @@ def test_session_setup_runs_once_per_physical_connection(server):
     fresh = session_status()
     assert connection_id() != cid and fresh["Com_set_option"] >= 1
     connection.close()
-
-
-def test_fork_child_never_reuses_parent_sockets(server, tmp_path):
-    parent_id = connection_id()
-    connection.close()
-    out = tmp_path / "child_id"
-    pid = os.fork()
-    if pid == 0:  # child: report its connection id, then exit without cleanup
-        code = 1
-        try:
-            child_id = connection_id()
-            connection.close()
-            connections.close_all()
-            out.write_text(str(child_id))
-            code = 0
-        finally:
-            os._exit(code)
-    deadline = time.monotonic() + 30
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            pytest.fail("forked child did not finish")
-        time.sleep(0.01)
-    assert os.WEXITSTATUS(status) == 0
-    assert int(out.read_text()) != parent_id
-    # the parent's pooled session survived the child
-    assert connection_id() == parent_id
 
 
 def test_install_is_idempotent_and_uninstall_restores_stock(server):

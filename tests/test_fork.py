@@ -1,0 +1,58 @@
+"""fork() with pooled connections: a child's normal exit never touches the parent's sessions.
+
+Each scenario runs in a fresh process (``tests/fork_scenarios.py``): the parent holds five pooled
+sessions (three idle, one checked out by its main thread, one by a parked thread), forks, and the
+child exits through the interpreter's normal shutdown, which a child of the pytest process cannot
+do. Afterwards each of the parent's sessions still answers with its CONNECTION_ID and the server
+still lists it. Every scenario runs plain and under gevent's monkey patching, on the driver of the
+run (``AUTOPOOL_TEST_DRIVER``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any, Callable, Dict
+
+import pytest
+
+SCENARIOS = {
+    "exit": "the child exits with sys.exit without using the database",
+    "use": "the child's query (on the wrapper that held a connection at fork) gets a new session",
+    "multiprocessing": "a multiprocessing 'fork' child runs a query and returns",
+    "raise": "the child uses the database, then dies of an exception, atexit running gc.collect",
+    "atomic": "forked inside atomic(): the child can neither query nor commit the parent's transaction",
+    "monitor": "the child has its own replica monitor, checked by its own housekeeping",
+}
+
+
+@pytest.fixture
+def scenario(mariadb: Any) -> Callable[..., Dict[str, Any]]:
+    def run(name: str, gevent: bool) -> Dict[str, Any]:
+        prefix = ["-m", "gevent.monkey", "--module"] if gevent else ["-m"]
+        proc = subprocess.run([sys.executable, *prefix, "tests.fork_scenarios", name],
+                              capture_output=True, text=True, timeout=300,
+                              env={**os.environ, **mariadb.env()})
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+        assert lines, proc.stdout + proc.stderr
+        result = json.loads(lines[-1])
+        result["stderr"] = proc.stderr
+        return result
+
+    return run
+
+
+@pytest.mark.parametrize("gevent", [False, True], ids=["threads", "gevent"])
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_parent_sessions_survive_a_child_that_exits_normally(scenario: Any, name: str, gevent: bool) -> None:
+    r = scenario(name, gevent)
+    assert r["problems"] == [], f"{SCENARIOS[name]}:\n" + "\n".join(r["problems"]) + "\n" + r["stderr"]
+    assert r["gevent"] is gevent
+    assert r["exit_status"] == (1 if name == "raise" else 0)
+    assert len(r["parent_ids"]) == 5
+    if name in ("use", "multiprocessing", "raise", "atomic", "monitor"):
+        assert r["child"]["child_id"] not in r["parent_ids"]
+    if name == "raise":
+        assert "the child dies of an exception (expected by the test)" in r["stderr"]
