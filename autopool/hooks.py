@@ -24,9 +24,8 @@ from typing import Any, Optional
 
 from . import config as config_mod
 from . import drivers, registry
-from .pool import LEASED_ATTR as LEASED
-from .pool import OWNER_ATTR
-from .pool import current_owner, owner_dead
+from .leases import LEASED_ATTR as LEASED
+from .leases import OWNER_ATTR, current_owner, owner_dead
 
 logger = logging.getLogger("autopool")
 

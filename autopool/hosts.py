@@ -376,7 +376,7 @@ class HostSet:
         pool = self.pool
         now = self._clock()
         if pool is None or getattr(pool, "closed", False):
-            return now + IDLE_INTERVAL
+            return IDLE_INTERVAL
         for host in self.hosts:
             if host.up or host.down_until > now:
                 continue
@@ -391,7 +391,7 @@ class HostSet:
                 self.mark_down(host, why)
         now = self._clock()
         due = [h.down_until for h in self.hosts if not h.up]
-        return min(due + [now + IDLE_INTERVAL])
+        return min(due + [now + IDLE_INTERVAL]) - now  # seconds until the next round
 
     # -- introspection ----------------------------------------------------------------
     def status(self) -> List[Dict[str, Any]]:
@@ -400,14 +400,11 @@ class HostSet:
         counts: Dict[int, List[int]] = {h.index: [0, 0] for h in self.hosts}
         pool = self.pool
         if pool is not None:
-            for rec, _ in list(getattr(pool, "_idle", ())):
-                info = rec.info.get(HOST_KEY)
-                if info is not None:
-                    counts[info[0]][0] += 1
-            for rec in list(getattr(pool, "_out", ())):
-                info = rec.info.get(HOST_KEY)
-                if info is not None:
-                    counts[info[0]][1] += 1
+            for column, records in enumerate(pool.connection_records()):
+                for rec in records:
+                    info = rec.info.get(HOST_KEY)
+                    if info is not None and rec.dbapi_connection is not None:  # not an invalidated entry
+                        counts[info[0]][column] += 1
         return [{
             "alias": self.name, "host": h.host, "port": h.port, "up": h.up, "failures": h.failures,
             "down_for": None if h.down_since is None else now - h.down_since,

@@ -58,7 +58,7 @@ def run_once() -> float:
             logger.exception("housekeeping failed for %r", getattr(pool, "name", pool))
             continue
         _misconfigured.pop(pool, None)
-        wait = min(wait, max(due - pool._clock(), 0.0))
+        wait = min(wait, max(due, 0.0))  # housekeep() returns the seconds until it wants to run again
     return wait
 
 

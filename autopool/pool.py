@@ -1,11 +1,18 @@
-"""Pool classes: SQLAlchemy pools with fair, bounded waiting.
+"""Pool classes: SQLAlchemy's QueuePool contract with fair, bounded waiting.
 
-:class:`QueuePool` keeps SQLAlchemy's ``QueuePool`` options and contract
-(``pool_size``, ``max_overflow``, ``timeout``, ``use_lifo``) but hands a
-returned connection to the oldest waiter first, bounds the number of waiters,
-and raises :class:`~autopool.errors.PoolTimeout` with the numbers that matter.
-One lock guards the bookkeeping; connecting, closing and waiting all happen
-outside it, so a slow server never serialises other requests.
+:class:`QueuePool` keeps SQLAlchemy's ``QueuePool`` options and contract:
+``pool_size`` connections stay pooled once returned (``0``: no limit),
+``max_overflow`` more may be open at once (``-1``: no limit), a connection
+that is not kept is closed *before* its slot is handed on (so the server
+never holds more than ``pool_size + max_overflow`` sessions of the pool), an
+invalidated entry is reconnected in place on its next checkout (its
+``record_info`` survives), and exhaustion raises ``PoolTimeout``, which is
+also SQLAlchemy's ``TimeoutError``. On top of it: a returned connection goes
+to the oldest waiter first, the number of waiters is bounded, and errors
+carry the numbers that matter. One lock guards the bookkeeping; connecting,
+closing and waiting happen outside it, so a slow server never serialises
+other requests. Waiting is ``waiting.py``'s; who owns a checkout is
+``leases.py``'s.
 
 :class:`DjangoQueuePool` is the seed library's elastic pool: connections that
 a burst forced open stay pooled and are retired gradually afterwards.
@@ -16,76 +23,17 @@ import logging
 import threading
 import time
 import traceback
-import weakref
 from collections import deque
-from typing import Any, Callable, Deque, Dict, Optional, Tuple
+from typing import Any, Callable
 
-try:
-    from greenlet import getcurrent as _getcurrent
-except ImportError:  # pragma: no cover - greenlet ships with SQLAlchemy on most platforms
-    _getcurrent = None
-
-try:
-    from gevent._hub_local import get_hub_if_exists as _get_hub_if_exists
-    from gevent._hub_local import get_hub_noargs as _get_hub
-    from gevent.hub import Waiter as _HubWaiterClass
-except ImportError:  # gevent is optional
-    _get_hub = _get_hub_if_exists = _HubWaiterClass = None
-
-from sqlalchemy.pool import Pool
-from sqlalchemy.pool import base as _sa_pool_base
-from sqlalchemy.pool.base import _ConnectionRecord
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.pool import ConnectionPoolEntry, Pool
 
 from .config import Dynamic, evaluate
 from .errors import PoolClosed, PoolTimeout, TooManyWaiters
+from .leases import LEASED_ATTR, take_abandoned
 from .stats import Counters
-
-def current_owner() -> Any:
-    """A weak reference to the running greenlet (under gevent) or thread."""
-    if _getcurrent is not None:
-        current = _getcurrent()
-        if current.parent is not None:  # a spawned greenlet, not a thread's main one
-            return weakref.ref(current)
-    return weakref.ref(threading.current_thread())
-
-
-def _reclaim_hint(alias: str) -> str:
-    from .advice import reclaim_hint  # lazy: names CONN_MAX_AGE when that setting is the cause
-
-    return reclaim_hint(alias)
-
-
-def owner_dead(ref: Any) -> bool:
-    owner = ref()
-    if owner is None:
-        return True
-    dead = getattr(owner, "dead", None)
-    if dead is not None:
-        return bool(dead)
-    return not owner.is_alive()
-
-
-def _detach_fairy(rec: _ConnectionRecord, ref: Any, fairy: Any) -> bool:
-    """Cut the link between a checked-out record and its abandoned fairy so
-    that the fairy's garbage collection does nothing; False when the fairy
-    was returned or collected meanwhile (the record is then not ours)."""
-    if rec.fairy_ref is not ref:
-        return False
-    finalizer = getattr(fairy, "_finalizer", None)
-    if finalizer is not None:  # SQLAlchemy 2.1: a weakref.finalize
-        if finalizer.detach() is None:
-            return False
-    else:  # SQLAlchemy 2.0: the weakref callback acts only while rec.fairy_ref is that weakref
-        _strong_refs = getattr(_sa_pool_base, "_strong_ref_connection_records", {})
-        _strong_refs.pop(ref, None)
-    fairy._connection_record = None
-    rec.fairy_ref = None
-    return True
-
-
-class _WaitExpired(Exception):
-    """A preliminary wait (the elastic pool's unload timeout) ran out."""
-
+from .waiting import Waiter, waiter_class
 
 logger = logging.getLogger("autopool")
 
@@ -100,79 +48,36 @@ HOUSEKEEPING_INTERVAL = 1.0
 # request's own pool work.
 RECLAIM_ON_EXHAUSTION_INTERVAL = 0.05
 
-# Record attribute set while Django holds the connection (see hooks.py).
-LEASED_ATTR = "_autopool_leased"
-# Fairy attribute: a weak reference to the checkout's owner, whose ``dead``
-# (or ``is_alive()``) says whether the connection was abandoned.
-OWNER_ATTR = "_autopool_owner"
-
 # Handed to a waiter instead of a connection: "a slot is free, open one".
 _SLOT = object()
 
 
-class _Waiter:
-    __slots__ = ("_lock", "item")
+def _reclaim_hint(alias: str) -> str:
+    from .advice import reclaim_hint  # lazy: names CONN_MAX_AGE when that setting is the cause
 
-    def __init__(self) -> None:
-        # A pre-acquired lock is the cheapest one-shot event between threads.
-        self._lock = threading.Lock()
-        self._lock.acquire()
-        self.item: Any = None
+    return reclaim_hint(alias)
 
-    def wait(self, timeout: Optional[float]) -> bool:
-        return self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0))
-
-    def wake(self, item: Any) -> None:
-        self.item = item
-        self._lock.release()
+class _WaitExpired(Exception):
+    """A preliminary wait (the elastic pool's unload timeout) ran out."""
 
 
-class _HubWaiter:
-    """The one-shot event for a process under gevent monkey patching.
-
-    A monkey-patched lock would do, but its acquire with a timeout builds a
-    ``gevent.Timeout`` and a chain of link callbacks each time; a waiting
-    checkout is the common case of an overloaded pool, so it parks on the
-    hub directly: one timer, one callback.
-    """
-
-    __slots__ = ("_hub", "_waiter", "item")
-
-    def __init__(self) -> None:
-        self._hub = _get_hub()
-        self._waiter = _HubWaiterClass(self._hub)
-        self.item: Any = None
-
-    def wait(self, timeout: Optional[float]) -> bool:
-        if timeout is None:
-            return self._waiter.get()
-        timer = self._hub.loop.timer(max(timeout, 0))
-        timer.start(self._waiter.switch, False)
-        try:
-            return self._waiter.get()
-        finally:
-            timer.close()
-
-    def wake(self, item: Any) -> None:
-        self.item = item
-        loop = self._hub.loop
-        if _get_hub_if_exists() is self._hub:
-            loop.run_callback(self._waiter.switch, True)
-        else:  # returned from another thread (e.g. gevent's thread pool)
-            loop.run_callback_threadsafe(self._waiter.switch, True)
+# Arguments of SQLAlchemy's Pool that recreate() takes from the pool's state,
+# as SQLAlchemy's own QueuePool.recreate() does; every other argument is
+# carried as given (see QueuePool._options).
+_STATE_ARGS = ("recycle", "echo", "logging_name", "reset_on_return", "pre_ping", "dialect", "events", "_dispatch")
 
 
-def _waiter_class() -> type:
-    """The waiter for pools created now: on the hub when threading is gevent's."""
-    if _get_hub is None:
-        return _Waiter
-    from gevent import monkey
-
-    return _HubWaiter if monkey.is_module_patched("threading") else _Waiter
+def _given(arguments: dict[str, Any], *, with_kw: bool = True) -> dict[str, Any]:
+    """A constructor's arguments from its ``locals()``, for ``recreate()``;
+    ``with_kw=False`` for a subclass's own, named arguments only."""
+    options = {k: v for k, v in arguments.items() if k not in ("self", "creator", "kw", "__class__")}
+    if with_kw:
+        options.update((k, v) for k, v in arguments.get("kw", {}).items() if k not in _STATE_ARGS)
+    return options
 
 
 class QueuePool(Pool):
-    """A fair, bounded queue pool.
+    """A fair, bounded queue pool with SQLAlchemy's ``QueuePool`` contract.
 
     Keyword-only options beyond SQLAlchemy's ``QueuePool``:
 
@@ -180,9 +85,15 @@ class QueuePool(Pool):
         Checkouts allowed to wait at once; the next raises ``TooManyWaiters``.
     ``use_threadlocal`` (default ``False``)
         Prefer the idle connection the calling thread returned last.
+    ``leak_detection_threshold`` (default ``None``)
+        Log connections checked out longer than this many seconds.
     ``name`` (default ``None``)
         Shown in error messages and stats; autopool passes the alias.
     """
+
+    # Like SQLAlchemy's QueuePool, whatever the dialect: create_engine()
+    # refuses the pool for an asyncio dialect.
+    _is_asyncio = False
 
     def __init__(
         self,
@@ -192,17 +103,23 @@ class QueuePool(Pool):
         timeout: float = 30.0,
         use_lifo: bool = False,
         *,
-        max_waiting: Optional[int] = None,
+        max_waiting: int | None = None,
         use_threadlocal: bool = False,
-        leak_detection_threshold: Optional[float] = None,
-        name: Optional[str] = None,
-        counters: Optional[Counters] = None,
+        leak_detection_threshold: float | None = None,
+        name: str | None = None,
+        counters: Counters | None = None,
         clock: Callable[[], float] = time.monotonic,
         **kw: Any,
     ) -> None:
+        # Everything recreate() must pass on, from one place: the arguments.
+        self._options = _given(locals())
         super().__init__(creator, **kw)
+        if getattr(self._dialect, "is_async", False):
+            raise ArgumentError(f"{type(self).__name__} cannot be used with an asyncio dialect "
+                                "(use SQLAlchemy's AsyncAdaptedQueuePool)")
         self._pool_size = pool_size
-        self._max_overflow = max_overflow
+        # As in SQLAlchemy: pool_size=0 means no size limit at all.
+        self._max_overflow = -1 if pool_size == 0 else max_overflow
         self._timeout = timeout
         self._use_lifo = use_lifo
         self._max_waiting = max_waiting
@@ -210,38 +127,34 @@ class QueuePool(Pool):
         self._leak_threshold = leak_detection_threshold
         self.name = name or "pool"
         self.counters = counters if counters is not None else Counters()
+        self._options["counters"] = self.counters  # a recreated pool counts on
         self._clock = clock
         self._lock = threading.Lock()
         # (record, time it became idle); the left end is the oldest idle.
-        self._idle: Deque[Tuple[_ConnectionRecord, float]] = deque()
-        self._waiters: Deque[_Waiter] = deque()
-        self._waiter_class = _waiter_class()
-        self._opened = 0  # records that exist: idle, checked out, or connecting
+        self._idle: deque[tuple[ConnectionPoolEntry, float]] = deque()
+        self._waiters: deque[Waiter] = deque()
+        self._waiter_class = waiter_class()
+        # Records that exist: idle, checked out, connecting or closing. A slot
+        # is counted until its connection is closed.
+        self._opened = 0
         self._closed = False
         self._local = threading.local() if use_threadlocal else None
         # Checked-out records (an ordered set), scanned for abandoned ones
         # only when the pool is exhausted.
-        self._out: Dict[_ConnectionRecord, None] = {}
+        self._out: dict[ConnectionPoolEntry, None] = {}
         self._next_reclaim = 0.0  # time.monotonic() before which exhaustion does not scan
 
-    # -- options SQLAlchemy's recreate() must carry --------------------------
-    def _recreate_kwargs(self) -> dict:
-        return dict(
-            pool_size=self._pool_size, max_overflow=self._max_overflow, timeout=self._timeout,
-            use_lifo=self._use_lifo, max_waiting=self._max_waiting,
-            use_threadlocal=self._use_threadlocal, leak_detection_threshold=self._leak_threshold,
-            name=self.name, counters=self.counters,
-            clock=self._clock, recycle=self._recycle, echo=self.echo,
-            logging_name=self._orig_logging_name, reset_on_return=self._reset_on_return,
-            pre_ping=self._pre_ping, _dispatch=self.dispatch, dialect=self._dialect,
+    def recreate(self) -> QueuePool:
+        self.logger.info("Pool recreating")
+        return self.__class__(
+            self._creator, **self._options,
+            recycle=self._recycle, echo=self.echo, logging_name=self._orig_logging_name,
+            reset_on_return=self._reset_on_return, pre_ping=self._pre_ping, _dispatch=self.dispatch,
+            dialect=self._dialect,
         )
 
-    def recreate(self) -> "QueuePool":
-        self.logger.info("Pool recreating")
-        return self.__class__(self._creator, **self._recreate_kwargs())
-
     # -- checkout -------------------------------------------------------------
-    def _take_idle(self) -> Optional[_ConnectionRecord]:
+    def _take_idle(self) -> ConnectionPoolEntry | None:
         """Pop an idle record; the caller holds the lock."""
         idle = self._idle
         if not idle:
@@ -258,7 +171,7 @@ class QueuePool(Pool):
     def _has_room(self) -> bool:
         return self._max_overflow < 0 or self._opened < self._pool_size + self._max_overflow
 
-    def _do_get(self) -> _ConnectionRecord:
+    def _do_get(self) -> ConnectionPoolEntry:
         rec = self._get(self._timeout)
         if self._local is not None:
             self._local.record = rec
@@ -273,7 +186,7 @@ class QueuePool(Pool):
             counters.connections_recycled += 1
         return rec
 
-    def _get(self, timeout: float, *, allow_create: bool = True, final: bool = True) -> _ConnectionRecord:
+    def _get(self, timeout: float, *, allow_create: bool = True, final: bool = True) -> ConnectionPoolEntry:
         with self._lock:
             if self._closed:
                 raise PoolClosed(f"pool {self.name!r} is closed")
@@ -304,54 +217,51 @@ class QueuePool(Pool):
             self.reclaim_abandoned()
         return self._wait(waiter, timeout, final)
 
-    def _wait(self, waiter: _Waiter, timeout: float, final: bool = True) -> _ConnectionRecord:
+    def _wait(self, waiter: Waiter, timeout: float, final: bool = True) -> ConnectionPoolEntry:
         start = self._clock()
         try:
-            got = waiter.wait(timeout)
+            handed = waiter.wait(timeout)
         except BaseException:
-            # Killed while waiting (gevent.kill, a Timeout): whatever was
-            # handed over, or the place in the queue, must not be lost.
-            self._abandon(waiter)
+            # Killed while waiting (gevent.kill, a Timeout): what was handed
+            # over meanwhile goes back; the place in the queue is dropped.
+            item = waiter.cancel()
+            if item is _SLOT:
+                self._release_slot()
+            elif item is not None:
+                self._put_back(item)
+            else:
+                self._forget(waiter)
             raise
-        if not got:
-            with self._lock:
-                # A connection handed over between the timeout and this lock
-                # still counts: taking it loses nothing.
-                got = waiter.item is not None
-                if not got:
-                    self._waiters.remove(waiter)
-                    waiting, out = len(self._waiters), self.checkedout()
-            if not got:
-                if not final:
-                    raise _WaitExpired
-                self.counters.timeouts += 1
-                self.counters.record_wait(self._clock() - start)
-                error = PoolTimeout(
-                    f"no connection available for {self.name!r} within {timeout:g} s "
-                    f"(pool_size={self._pool_size}, max_overflow={self._max_overflow}, "
-                    f"checked out={out}, waiting={waiting}, timeout={self._timeout:g})")
-                logger.warning("%s", error)
-                raise error
+        if not handed:
+            waiting, out = self._forget(waiter), self.checkedout()
+            if not final:
+                raise _WaitExpired
+            self.counters.timeouts += 1
+            self.counters.record_wait(self._clock() - start)
+            error = PoolTimeout(
+                f"no connection available for {self.name!r} within {timeout:g} s "
+                f"(pool_size={self._pool_size}, max_overflow={self._max_overflow}, "
+                f"checked out={out}, waiting={waiting}, timeout={self._timeout:g})")
+            logger.warning("%s", error)
+            raise error
         self.counters.record_wait(self._clock() - start)
+        if waiter.error is not None:
+            raise waiter.error
         item = waiter.item
         if item is _SLOT:
             return self._open()
-        if item is PoolClosed:
-            raise PoolClosed(f"pool {self.name!r} was closed while waiting")
         return item
 
-    def _abandon(self, waiter: _Waiter) -> None:
+    def _forget(self, waiter: Waiter) -> int:
+        """Drop a waiter that gave up from the queue; return how many still wait."""
         with self._lock:
-            item = waiter.item
-            if item is None:  # still queued: nothing was handed over
+            try:
                 self._waiters.remove(waiter)
-                return
-        if item is _SLOT:
-            self._release_slot()
-        elif item is not PoolClosed:
-            self._do_return_conn(item)
+            except ValueError:  # already popped by a return it did not take
+                pass
+            return len(self._waiters)
 
-    def _open(self) -> _ConnectionRecord:
+    def _open(self) -> ConnectionPoolEntry:
         """Open a connection for a slot already counted in ``_opened``."""
         try:
             return self._create_connection()
@@ -362,50 +272,41 @@ class QueuePool(Pool):
             raise
 
     def _release_slot(self) -> None:
-        """A counted connection is gone: give its slot to the oldest waiter."""
+        """A counted connection is closed: give its slot to the oldest waiter."""
         with self._lock:
-            if self._waiters and not self._closed:
-                self._waiters.popleft().wake(_SLOT)
-            else:
-                self._opened -= 1
+            waiters = self._waiters
+            while waiters and not self._closed:
+                if waiters.popleft().set(_SLOT):
+                    return
+            self._opened -= 1
 
     def reclaim_abandoned(self) -> int:
-        """Close connections whose owner (greenlet or thread) has ended; return
-        how many slots were freed. Their state is unknown: never reused."""
+        """Take back connections whose owner (greenlet or thread) has ended;
+        return how many. Their state is unknown: they are invalidated, and
+        reconnected on their next checkout."""
         freed = 0
         for rec in list(self._out):
-            ref = rec.fairy_ref
-            fairy = ref() if ref is not None else None
-            # The owner lives on the fairy, which is created per checkout: a
-            # record returned and checked out again meanwhile has a new
-            # fairy, so an old owner can never condemn a new checkout.
-            owner = fairy.__dict__.get(OWNER_ATTR) if fairy is not None else None
-            if owner is None or not owner_dead(owner):
+            if not take_abandoned(rec):
                 continue
-            # Detach the fairy first: its finalizer must never check this
-            # record in a second time once the garbage collector reaches it.
-            if not _detach_fairy(rec, ref, fairy):
-                continue
-            rec.__dict__.pop(LEASED_ATTR, None)
             if self._out.pop(rec, False) is not None:
-                continue
+                continue  # returned meanwhile
             self.counters.leaks += 1
             logger.warning("reclaimed a connection of %r from a greenlet or thread that ended "
                            "without closing it (%s)", self.name, _reclaim_hint(self.name))
             try:
                 rec.invalidate()
             finally:
-                self._release_slot()
+                self._put_back(rec)
             freed += 1
         return freed
 
     def housekeep(self) -> float:
         """Periodic maintenance (run by the housekeeping task); returns the
-        clock time of the next round it needs."""
+        seconds until the next round it needs."""
         self.reclaim_abandoned()
         if self._leak_threshold is not None:
             self.report_long_checkouts()
-        return self._clock() + HOUSEKEEPING_INTERVAL
+        return HOUSEKEEPING_INTERVAL
 
     def report_long_checkouts(self) -> int:
         """Log, once per checkout, connections held longer than the leak
@@ -423,7 +324,7 @@ class QueuePool(Pool):
         return reported
 
     # -- return ---------------------------------------------------------------
-    def _do_return_conn(self, record: _ConnectionRecord) -> None:
+    def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
         self._out.pop(record, None)
         if self._leak_threshold is not None:
             record.__dict__.pop(_CHECKOUT_INFO, None)
@@ -436,32 +337,45 @@ class QueuePool(Pool):
             logger.warning("a connection of %r was garbage collected without close(); "
                            "closing it (%s)", self.name, _reclaim_hint(self.name))
             record.invalidate()
-        if record.dbapi_connection is None:
-            # Invalidated: its slot, not the dead record, goes back.
-            self._release_slot()
-            return
-        with self._lock:
-            if self._waiters and not self._closed:
-                self._waiters.popleft().wake(record)
-                return
-            keep = not self._closed and self._opened <= self._keep_limit()
-            if keep:
-                self._idle.append((record, self._clock()))
-            else:
-                self._opened -= 1
-        if not keep:
-            record.close()
+        self._put_back(record)
 
-    def _keep_limit(self) -> int:
-        """How many connections may stay open once returned."""
-        return self._pool_size
+    def _put_back(self, record: ConnectionPoolEntry) -> None:
+        """A record is back (an invalidated one too: it reconnects at its next
+        checkout): to the oldest waiter, else kept, else closed."""
+        with self._lock:
+            waiters = self._waiters
+            while waiters and not self._closed:
+                if waiters.popleft().set(record):
+                    return
+            if not self._closed and self._keeps():
+                self._idle.append((record, self._clock()))
+                return
+        # Closed before its slot is freed, so a new connection never
+        # coexists with it on the server.
+        try:
+            record.close()
+        finally:
+            self._release_slot()
+
+    def _keeps(self) -> bool:
+        """SQLAlchemy's rule: a returned connection stays while fewer than
+        ``pool_size`` are idle (all of them with ``pool_size=0``). The caller
+        holds the lock."""
+        return len(self._idle) < self._pool_size or self._pool_size == 0
+
+    # -- inspection for hosts.py ----------------------------------------------
+    def connection_records(self) -> tuple[list[ConnectionPoolEntry], list[ConnectionPoolEntry]]:
+        """A snapshot of the idle and the checked-out records."""
+        with self._lock:
+            return [rec for rec, _ in self._idle], list(self._out)
 
     # -- eviction (multi-host aliases, see hosts.py) ----------------------------
-    def evict(self, match: Callable[[_ConnectionRecord], bool], invalidate: bool = True) -> int:
+    def evict(self, match: Callable[[ConnectionPoolEntry], bool], invalidate: bool = True) -> int:
         """Close the idle connections for which ``match(record)`` is true; return how many.
 
-        Their slots go to waiters (who open new connections) or are freed.
-        Checked-out connections are the caller's business (closed on return).
+        Their slots go to waiters (who open new connections) or are freed,
+        each once its connection is closed. Checked-out connections are the
+        caller's business (closed on return).
         """
         with self._lock:
             victims = [item for item in self._idle if match(item[0])]
@@ -482,6 +396,14 @@ class QueuePool(Pool):
                 self._release_slot()
         return len(victims)
 
+    def _close_idle(self, records: list[ConnectionPoolEntry]) -> None:
+        """Close records taken out of ``_idle``, freeing each slot after its close."""
+        for rec in records:
+            try:
+                rec.close()
+            finally:
+                self._release_slot()
+
     # -- disposal -------------------------------------------------------------
     def dispose(self) -> None:
         """Close the idle connections; checked-out ones are closed when returned
@@ -489,9 +411,7 @@ class QueuePool(Pool):
         with self._lock:
             idle = [rec for rec, _ in self._idle]
             self._idle.clear()
-            self._opened -= len(idle)
-        for rec in idle:
-            rec.close()
+        self._close_idle(idle)
         logger.info("pool of %r disposed: %s", self.name, self.status())
 
     def close(self) -> None:
@@ -501,7 +421,7 @@ class QueuePool(Pool):
             waiters = list(self._waiters)
             self._waiters.clear()
         for w in waiters:
-            w.wake(PoolClosed)
+            w.fail(PoolClosed(f"pool {self.name!r} was closed while waiting"))
         self.dispose()
 
     @property
@@ -524,7 +444,7 @@ class QueuePool(Pool):
         return len(self._idle)
 
     def overflow(self) -> int:
-        return self._opened - self._pool_size
+        return self._opened - self._pool_size if self._pool_size else 0
 
     def checkedout(self) -> int:
         return self._opened - len(self._idle)
@@ -542,13 +462,15 @@ class QueuePool(Pool):
 class DjangoQueuePool(QueuePool):
     """The seed's elastic pool on SQLAlchemy 2.x.
 
-    Connections opened by a burst stay pooled (up to ``pool_size +
-    max_overflow``; with ``max_overflow=0`` a large ``pool_size`` is the
-    burst size) and are closed ``retire_quantity`` at a time, every
-    ``retire_interval`` seconds, oldest idle first, down to ``core_pool_size``.
-    Once ``core_pool_size`` connections are checked out, a checkout first
-    waits up to ``unload_timeout`` for one to come back before opening more.
-    Each of the three may be a zero-argument callable, evaluated when used.
+    A returned connection is kept while no more than ``pool_size +
+    max_overflow`` are open (so everything a burst opened stays pooled; with
+    ``max_overflow=0`` a large ``pool_size`` is the burst size). Idle
+    connections above ``core_pool_size`` (default ``pool_size``) are closed
+    ``retire_quantity`` at a time, every ``retire_interval`` seconds, oldest
+    idle first. Once ``core_pool_size`` connections are checked out, a
+    checkout first waits up to ``unload_timeout`` for one to come back
+    before opening more. Each of the four may be a zero-argument callable,
+    evaluated when used.
     """
 
     def __init__(
@@ -559,30 +481,31 @@ class DjangoQueuePool(QueuePool):
         timeout: float = 30.0,
         use_lifo: bool = False,
         *,
-        core_pool_size: Optional[Dynamic] = None,
-        unload_timeout: Optional[Dynamic] = None,
+        core_pool_size: Dynamic | None = None,
+        unload_timeout: Dynamic | None = None,
         retire_interval: Dynamic = 5,
         retire_quantity: Dynamic = 1,
         **kw: Any,
     ) -> None:
+        options = _given(locals(), with_kw=False)
         super().__init__(creator, pool_size, max_overflow, timeout, use_lifo, **kw)
+        self._options.update(options)
         self._core_pool_size = core_pool_size
         self._unload_timeout = unload_timeout
         self._retire_interval = retire_interval
         self._retire_quantity = retire_quantity
-        self._next_retire: Optional[float] = None
+        self._next_retire: float | None = None
 
-    def _recreate_kwargs(self) -> dict:
-        kw = super()._recreate_kwargs()
-        kw.update(core_pool_size=self._core_pool_size, unload_timeout=self._unload_timeout,
-                  retire_interval=self._retire_interval, retire_quantity=self._retire_quantity)
-        return kw
+    def _keeps(self) -> bool:
+        # Every slot counted in _opened is within the cap, so everything a
+        # burst opened stays; retire() brings the pool back down to core.
+        return self._max_overflow < 0 or self._opened <= self._pool_size + self._max_overflow
 
     def core_size(self) -> int:
         core = evaluate(self._core_pool_size)
         return self._pool_size if core is None else int(core)
 
-    def _get(self, timeout: float, *, allow_create: bool = True, final: bool = True) -> _ConnectionRecord:
+    def _get(self, timeout: float, *, allow_create: bool = True, final: bool = True) -> ConnectionPoolEntry:
         unload = evaluate(self._unload_timeout)
         if not unload or not allow_create:
             return super()._get(timeout, allow_create=allow_create, final=final)
@@ -598,7 +521,7 @@ class DjangoQueuePool(QueuePool):
             pass
         return super()._get(max(timeout - (self._clock() - start), 0))
 
-    def retire(self, now: Optional[float] = None) -> int:
+    def retire(self, now: float | None = None) -> int:
         """Close up to ``retire_quantity`` idle connections above core if a
         round is due; return how many were closed. Called by the housekeeper."""
         now = self._clock() if now is None else now
@@ -612,9 +535,7 @@ class DjangoQueuePool(QueuePool):
         with self._lock:
             n = max(0, min(quantity, self._opened - core, len(self._idle)))
             victims = [self._idle.popleft()[0] for _ in range(n)]
-            self._opened -= n
-        for rec in victims:
-            rec.close()
+        self._close_idle(victims)
         self.counters.connections_retired += n
         if n:
             logger.info("retired %d idle connection(s) of %r: %s", n, self.name, self.status())
@@ -623,4 +544,6 @@ class DjangoQueuePool(QueuePool):
     def housekeep(self) -> float:
         due = super().housekeep()
         self.retire()
-        return min(due, self._next_retire) if self._next_retire is not None else due
+        if self._next_retire is None:
+            return due
+        return min(due, max(self._next_retire - self._clock(), 0.0))

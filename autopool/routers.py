@@ -196,7 +196,7 @@ class ReplicaMonitor:
                 if replica.healthy:
                     healthy.setdefault(replica.primary, []).append(replica.alias)
             self.healthy = {k: tuple(v) for k, v in healthy.items()}
-        return self._clock() + CHECK_INTERVAL
+        return CHECK_INTERVAL  # seconds until the next round
 
     def close(self) -> None:
         for replica in self.replicas:

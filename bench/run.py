@@ -76,6 +76,11 @@ CONFIGS: Dict[str, Config] = {c.key: c for c in (
            {"cooperative": False}),
     Config("autopool-100", "autopool", "mysqlclient", "autopool pool_size=100", pool_size=100),
     Config("autopool-pymysql-100", "autopool", "pymysql", "autopool pool_size=100", pool_size=100),
+    # The README's quickstart POOL, for the moderate-load regime (run_quickstart_regime).
+    Config("autopool-quickstart", "autopool", "mysqlclient", "autopool quickstart POOL (5+10)",
+           {"max_overflow": 10}, pool_size=5),
+    Config("autopool-quickstart-pymysql", "autopool", "pymysql", "autopool quickstart POOL (5+10)",
+           {"max_overflow": 10}, pool_size=5),
 )}
 DEFAULT_CONFIGS = ["stock", "persistent", "autopool", "stock-pymysql", "persistent-pymysql", "autopool-pymysql"]
 
@@ -86,13 +91,17 @@ class Workload:
     label: str
     path: Optional[str]      # None: /item/<random id>
     think_ms: int = 0
+    connections: int = CONNECTIONS  # wrk -c
 
 
 WORKLOADS: Dict[str, Workload] = {w.key: w for w in (
     Workload("item", "/item/<random id> (one query)", None),
     Workload("item-think", "/item/<random id>, 1 ms think time (wrk delay())", None, think_ms=1),
     Workload("sleep50", "/sleep?ms=50 (SELECT SLEEP(0.05))", "/sleep?ms=50"),
+    # Not in the default set: the quickstart regime's load, between pool_size (5) and the cap (15).
+    Workload("item-c9", "/item/<random id>, 9 concurrent clients", None, connections=9),
 )}
+DEFAULT_WORKLOADS = ["item", "item-think", "sleep50"]
 
 
 @dataclass
@@ -503,11 +512,12 @@ class Progress:
             self._draw(self.seconds, final=True)
 
 
-def run_wrk(port: int, script: Path, seconds: int, label: str, progress: bool) -> Dict[str, Any]:
+def run_wrk(port: int, script: Path, seconds: int, label: str, progress: bool,
+            connections: int = CONNECTIONS) -> Dict[str, Any]:
     wrk = shutil.which("wrk")
     if wrk is None:
         raise RuntimeError("wrk not found: apt-get install wrk (scripts/bootstrap.sh installs it)")
-    cmd = [wrk, "-c", str(CONNECTIONS), "-t", str(THREADS), "-d", f"{seconds}s", "--latency",
+    cmd = [wrk, "-c", str(connections), "-t", str(min(THREADS, connections)), "-d", f"{seconds}s", "--latency",
            "--timeout", "10s", "-s", str(script), f"http://127.0.0.1:{port}/"]
     with Progress(label, seconds, progress):
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -553,7 +563,7 @@ def one_run(server: Server, monitor: Monitor, cfg: Config, workload: Workload, r
         monitor.start_sampling()
         try:
             w = run_wrk(g.port, lua_script(workload, tmp), seconds,
-                        f"{cfg.key} ({cfg.driver}) {workload.key}", progress)
+                        f"{cfg.key} ({cfg.driver}) {workload.key}", progress, workload.connections)
         finally:
             res.peak_connections = monitor.stop_sampling()
         q1, a1, c1 = monitor.counters()
@@ -921,6 +931,58 @@ def run_micro(server: Server, quick: bool) -> Optional[Dict[str, Any]]:
 
 # --------------------------------------------------------------------------- main
 
+# --------------------------------------------------------------------------- quickstart regime
+
+QUICKSTART_CONFIGS = ("autopool-quickstart", "autopool-quickstart-pymysql")
+
+
+def _monitor_execute(monitor: Monitor, sql: str) -> Optional[Tuple[Any, ...]]:
+    with monitor.lock:
+        cur = monitor.conn.cursor()
+        cur.execute(sql)
+        row = cur.fetchone() if cur.description else None
+        cur.close()
+        return row
+
+
+def run_quickstart_regime(server: Server, monitor: Monitor, seconds: int, tmp: Path,
+                          progress: bool) -> List[Dict[str, Any]]:
+    """The README's quickstart POOL (5+10) under 9 concurrent clients, between pool_size and the cap.
+
+    Per driver: new server sessions per request after warm-up (``Connections``
+    delta) and the peak of server sessions, sampled (``Threads_connected``) and
+    exact (``Max_used_connections`` after ``FLUSH STATUS``, both less the
+    connections open before the run).
+    """
+    rows = []
+    for key in QUICKSTART_CONFIGS:
+        monitor.wait_baseline()
+        _monitor_execute(monitor, "FLUSH STATUS")  # Max_used_connections := connections open now
+        r = one_run(server, monitor, CONFIGS[key], WORKLOADS["item-c9"], 0, seconds, tmp, progress, None)
+        max_used = int(_monitor_execute(monitor, "SHOW GLOBAL STATUS LIKE 'Max_used_connections'")[1])
+        rows.append({"config": key, "driver": CONFIGS[key].driver, "ok": r.ok, "note": r.note,
+                     "requests": r.requests, "rps": r.rps, "errors": r.errors,
+                     "new_sessions": r.new_connections,
+                     "new_sessions_per_request": r.new_connections / r.requests if r.requests else float("nan"),
+                     "peak_sampled": r.peak_connections, "peak_exact": max_used - monitor.run_baseline})
+        log(f"    {key:<28} {fmt(r.rps):>7} req/s  {r.new_connections} new sessions for {r.requests} requests  "
+            f"peak sessions {max_used - monitor.run_baseline} (cap 15)  {r.note}")
+    return rows
+
+
+def quickstart_report(rows: List[Dict[str, Any]], seconds: int) -> str:
+    lines = ["", "## README quickstart POOL (pool_size=5, max_overflow=10) at 9 concurrent clients", "",
+             f"One gunicorn gevent worker, `wrk -c 9` on /item/<random id> for {seconds} s (between pool_size "
+             "and the cap of 15). New sessions counted after warm-up (`Connections` delta); peak sessions "
+             "from `Max_used_connections` after `FLUSH STATUS`, less the connections open before.", "",
+             "| driver | requests | req/s | new server sessions | new sessions per request | peak sessions "
+             "(cap 15) | errors |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        lines.append(f"| {row['driver']} | {row['requests']} | {fmt(row['rps'])} | {row['new_sessions']} | "
+                     f"{row['new_sessions_per_request']:.4f} | {row['peak_exact']} | {row['errors']} |")
+    return "\n".join(lines) + "\n"
+
+
 def demo_report(results: List[RunResult], configs: List[str]) -> str:
     agg = aggregate(results, configs, ["item"])
     rows = [("", "req/s", "p99 latency", "peak server conns", "commands/request", "new conns/request")]
@@ -962,6 +1024,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--pool-options", help='extra POOL options for the autopool configs, JSON, e.g. '
                                                '\'{"cooperative": true}\'')
     parser.add_argument("--no-micro", action="store_true", help="skip bench/micro.py")
+    parser.add_argument("--no-regime", action="store_true", help="skip the quickstart-POOL regime")
+    parser.add_argument("--regime-only", action="store_true",
+                        help="only the README quickstart POOL (5+10) at 9 concurrent clients, both drivers")
     parser.add_argument("--output", default=str(RESULTS / "latest.md"), help="Markdown report path")
     args = parser.parse_args(argv)
 
@@ -973,7 +1038,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.no_micro = True
     else:
         configs = list(DEFAULT_CONFIGS)
-        workloads = list(WORKLOADS)
+        workloads = list(DEFAULT_WORKLOADS)
         args.duration = args.duration or (5 if args.quick else 10)
         args.repeats = args.repeats or (1 if args.quick else 3)
     if args.configs:
@@ -1012,6 +1077,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         prepare_database(server)
         monitor = Monitor(server)
         CLEANUP.push("monitor connection", monitor.close)
+        if args.regime_only:
+            rows = run_quickstart_regime(server, monitor, args.duration, tmp, progress)
+            out = Path(args.output).with_name("quickstart-regime.md")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(quickstart_report(rows, args.duration))
+            out.with_suffix(".json").write_text(json.dumps(rows, indent=1, default=str))
+            print(out.read_text())
+            return 0
         total = len(configs) * len(workloads) * args.repeats
         log(f"bench: {total} runs of {args.duration} s: configurations {', '.join(configs)}; "
             f"workloads {', '.join(workloads)}; {args.repeats} repetition(s)")
@@ -1036,14 +1109,19 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(demo_report(results, configs))
             print()
             return 0
+        regime = None if args.no_regime else run_quickstart_regime(server, monitor, args.duration, tmp, progress)
         micro = None if args.no_micro else run_micro(server, args.quick)
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
         chart = make_chart(out.with_suffix(".png"), results, configs, workloads)
         (out.with_suffix(".json")).write_text(json.dumps(
-            {"args": vars(args), "results": [r.__dict__ for r in results], "micro": micro}, indent=1, default=str))
+            {"args": vars(args), "results": [r.__dict__ for r in results], "micro": micro,
+             "quickstart_regime": regime}, indent=1, default=str))
         text = write_report(out, results, configs, workloads, args, server_version, micro, chart,
                             time.monotonic() - started)
+        if regime is not None:
+            text += quickstart_report(regime, args.duration)
+            out.write_text(text)
         print(text)
         log(f"bench: wrote {out} in {time.monotonic() - started:.0f} s")
         return 0

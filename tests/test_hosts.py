@@ -79,6 +79,15 @@ def served_by(conn: Any) -> int:
     return conn.__dict__[LEASE]._connection_record.info[hosts_mod.HOST_KEY][0]
 
 
+def served_by_next(conn: Any) -> int:
+    """Index of the host behind the wrapper's next connection."""
+    conn.ensure_connection()
+    try:
+        return served_by(conn)
+    finally:
+        conn.close()
+
+
 def one_query(conn: Any) -> int:
     try:
         with conn.cursor() as cur:
@@ -90,8 +99,9 @@ def one_query(conn: Any) -> int:
 
 
 def idle_hosts(alias: str) -> List[int]:
-    pool = entry_of(alias).pool
-    return sorted(rec.info[hosts_mod.HOST_KEY][0] for rec, _ in list(pool._idle))
+    idle, _ = entry_of(alias).pool.connection_records()
+    # An invalidated entry stays pooled (reconnected at its next checkout): not a connection to a host.
+    return sorted(rec.info[hosts_mod.HOST_KEY][0] for rec in idle if rec.dbapi_connection is not None)
 
 
 # -- configuration -------------------------------------------------------------------------------
@@ -221,7 +231,8 @@ def test_a_connection_checked_out_when_its_host_fails_is_not_pooled(server: Any,
             cur.execute("SELECT 1")
         conn.close()
         pool = entry_of("mh_out").pool
-        assert pool.checkedin() == 0 and pool.checkedout() == 0
+        assert pool.checkedout() == 0 and idle_hosts("mh_out") == []  # its entry reconnects at next checkout
+        assert served_by_next(conn) == 1
 
 
 def test_a_single_killed_connection_does_not_fail_a_healthy_host_over(server: Any,

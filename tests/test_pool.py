@@ -161,14 +161,17 @@ def test_failed_connect_frees_its_slot_for_a_waiter():
     b.close()
 
 
-def test_invalidated_connection_releases_its_slot():
+def test_invalidated_entry_is_reconnected_in_place():
+    # SQLAlchemy's _ConnectionRecord contract: the entry (and its record_info)
+    # stays in the pool, closed; its next checkout opens a new connection.
     pool, created = make(pool_size=1, max_overflow=0, timeout=5)
     a = pool.connect()
+    a.record_info["mark"] = 1
     a.invalidate()
     assert created[0].closed
-    assert pool.checkedout() == 0 and pool.checkedin() == 0
+    assert (pool.checkedout(), pool.checkedin(), pool.opened()) == (0, 1, 1)
     b = pool.connect()
-    assert b.dbapi_connection is created[1]
+    assert b.dbapi_connection is created[1] and b.record_info == {"mark": 1}
     b.close()
 
 
