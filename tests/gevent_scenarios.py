@@ -333,17 +333,17 @@ def scenario_leak(args):
         connection.set_autocommit(False)
         Row.objects.create(value=1000 + i)  # never committed, never closed
 
-    for i in range(4):
-        gevent.spawn(sloppy, i).join()
+    sloppies = [gevent.spawn(sloppy, i) for i in range(4)]
+    gevent.joinall(sloppies)
+    ended = time.monotonic()  # the last of them has ended
     from autopool import registry
+    from tests.scenario_main import wait_until
 
     pool = next(iter(registry.entries())).pool
     # The housekeeping task reclaims what the dead greenlets held, without
     # waiting for the garbage collector; poll for it with a deadline.
-    deadline = time.monotonic() + 5
-    while pool.checkedout() and time.monotonic() < deadline:
-        gevent.sleep(0.02)
-    reclaimed_in = time.monotonic() - (deadline - 5)
+    wait_until(lambda: pool.checkedout() == 0, 5, fail=False)
+    reclaimed_in = time.monotonic() - ended
     # The pool still serves: leaked connections came back or were closed.
     def clean():
         try:
@@ -354,6 +354,7 @@ def scenario_leak(args):
     job = gevent.spawn(clean)
     job.join(10)
     return {"leak_logs": [m for m in records if "without closing" in m or "without close" in m],
+            "sloppy_errors": [repr(g.exception) for g in sloppies if g.exception is not None],
             "visible_leaked_rows": job.value, "reclaimed_in": reclaimed_in,
             "checked_out_after": pool.checkedout(), "leaks": pool.counters.leaks}
 

@@ -39,6 +39,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # about one evs.inactive_check_period here). A causal read (wsrep_sync_wait=1) the node answered in
 # that moment passed a cluster-wide check, so the node was still in the group. Seconds allowed.
 CUT_GRACE = 0.5
+# Writes landing on node1 again after it is Synced before the load stops: half a second or more of
+# its share of the traffic, so that requests started well after the failback are in the record.
+FAILBACK_WRITES = 300
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +77,18 @@ class Load:
         wait_for(lambda: os.path.exists(self.args["ready_file"]) or self.proc.poll() is not None, 30,
                  "the load to start")
         assert self.proc.poll() is None, self.output()
+
+    def wait_for_writes_on(self, node: Any, count: int, what: str, since_now: bool = False) -> None:
+        """Poll ``node`` (a server-side count) until it holds ``count`` more writes of this run,
+        counted from now with ``since_now``: progress, not a sleep."""
+        low, high = self.args["id_base"], self.args["id_base"] + 1_000_000_000
+
+        def written() -> int:
+            return int(node.execute(f"SELECT COUNT(*) FROM {DB}.items WHERE id >= %s AND id < %s AND port = %s",
+                                    (low, high, node.port))[0][0])
+
+        base = written() if since_now else 0
+        wait_for(lambda: written() >= base + count, 30, what)
 
     def output(self) -> str:
         self.log.seek(0)
@@ -136,7 +151,7 @@ def test_sigkill_of_the_node_in_use_fails_over_and_back(cluster: Any, tmp_path: 
     node = cluster.nodes[0]
     load = Load(cluster, str(tmp_path))
     t_start = time.monotonic()
-    time.sleep(1.0)
+    load.wait_for_writes_on(node, 100, "the load writing to node1")
     t_kill = time.time()
     node.kill()
     # Restart as soon as the survivors have evicted it, as an operator (or systemd) would.
@@ -145,7 +160,7 @@ def test_sigkill_of_the_node_in_use_fails_over_and_back(cluster: Any, tmp_path: 
     node.restart(wait=False)
     t_synced = wait_for(node.synced, 60, "node1 to rejoin and be Synced")
     # Traffic comes back to node1 (the first host): wait until requests are served there again.
-    time.sleep(2.5)
+    load.wait_for_writes_on(node, FAILBACK_WRITES, "writes back on node1", since_now=True)
     result = load.finish()
     elapsed = time.monotonic() - t_start
     save_timeline(tmp_path, kill=t_kill, evicted=t_evicted, synced=t_synced)
@@ -163,7 +178,7 @@ def test_sigkill_of_the_node_in_use_fails_over_and_back(cluster: Any, tmp_path: 
     failed = [r for r in records if not r[3]]
     # Only requests that held (or picked up before the node was marked down) a connection to node1.
     assert all(r[0] < t_down + 0.05 for r in failed), [r for r in failed if r[0] >= t_down + 0.05][:5]
-    assert len(failed) <= POOL_SIZE + GREENLETS // 2, len(failed)
+    assert len(failed) <= POOL_SIZE, len(failed)  # README: those holding its connections
     assert all(r[5] in (2006, 2013, 2055) for r in failed), {r[5] for r in failed}
     # Traffic moved within a second, plus Galera's write stall: until the survivors evict the dead
     # node, their commits wait, and requests queue for the connections those writes hold.
@@ -193,16 +208,15 @@ def test_isolated_node_serves_no_request(cluster: Any, tmp_path: Any) -> None:
     wait_for(lambda: all(n.synced() for n in cluster.nodes), 60, "a Synced cluster")
     load = Load(cluster, str(tmp_path), sync_wait=True)
     t_start = time.monotonic()
-    time.sleep(1.0)
+    load.wait_for_writes_on(node, 100, "the load writing to node1")
     t_isolate = time.time()
     node.isolate(True)
     t_nonprimary = wait_for(lambda: node.status("wsrep_ready") == "OFF", 15, "node1 to leave the primary component")
     wait_for(lambda: cluster.nodes[1].status("wsrep_cluster_size") == "2", 15, "the others to form a primary")
     t_evicted = time.time()
-    time.sleep(0.5)
     node.isolate(False)
     t_synced = wait_for(node.synced, 60, "node1 to rejoin and be Synced")
-    time.sleep(2.5)
+    load.wait_for_writes_on(node, FAILBACK_WRITES, "writes back on node1", since_now=True)
     result = load.finish()
     elapsed = time.monotonic() - t_start
     save_timeline(tmp_path, isolate=t_isolate, nonprimary=t_nonprimary, evicted=t_evicted, synced=t_synced)
@@ -226,7 +240,9 @@ def test_isolated_node_serves_no_request(cluster: Any, tmp_path: Any) -> None:
     assert t_up > t_nonprimary + 0.5
     failed = [r for r in records if not r[3]]
     assert all(r[0] < t_down + 0.05 for r in failed), [r for r in failed if r[0] >= t_down + 0.05][:5]
-    assert len(failed) <= POOL_SIZE + GREENLETS // 2, len(failed)
+    assert len(failed) <= POOL_SIZE, len(failed)  # README: those holding its connections
+    # Clean errors only: 1047 (node not ready), 1180/1213 (commit refused), 2006/2013 (connection lost).
+    assert all(r[5] in (1047, 1180, 1213, 2006, 2013) for r in failed), {r[5] for r in failed}
     assert t_down - t_nonprimary < 1.0
     first_elsewhere = min(r[1] for r in records if r[3] and r[4] != port and r[1] > t_isolate)
     assert first_elsewhere - t_nonprimary < 1.0 + (t_evicted - t_nonprimary)

@@ -115,7 +115,9 @@ def test_greenlets_that_forget_to_close_do_not_shrink_the_pool(scenario):
     r = scenario("leak")
     assert r["visible_leaked_rows"] == 0  # nothing uncommitted survived
     assert r["checked_out_after"] == 0
-    assert r["reclaimed_in"] < 3
+    assert r["sloppy_errors"] == []
+    # README: reclaimed within 1.5 s (the housekeeping task runs every second; measured 0.90-0.99 s).
+    assert r["reclaimed_in"] < 1.5, r["reclaimed_in"]
     assert r["leaks"] == 4
     assert r["leak_logs"] and "'default'" in r["leak_logs"][0]
 

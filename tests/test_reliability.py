@@ -635,7 +635,10 @@ def test_server_restart_under_load(private_server: Server, pre_ping: bool) -> No
     for kind in r["errors"]:
         cls, code = json.loads(kind)
         assert code in CLEAN_OUTAGE_ERRORS.get(cls, ()), kind
-    assert r["max_failed_s"] < 2 + 1.0  # failing fast: never past the pool's timeout
+    print(f"\nrestart ({'pre_ping' if pre_ping else 'no pre_ping'}): longest failed request "
+          f"{r['max_failed_s']:.2f} s, first success {r['first_ok_after_up_s']:.2f} s after the server was up",
+          file=sys.stderr)
+    assert r["max_failed_s"] < 2  # README: none waits longer than the pool's timeout (2 s here)
     assert r["first_ok_after_up_s"] is not None and r["first_ok_after_up_s"] < 1.0
     assert r["failed_after_up_plus_1s"] == 0
     if pre_ping:

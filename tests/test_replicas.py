@@ -122,7 +122,8 @@ def test_reads_follow_replica_health(aliases: Any) -> None:
     wait_until(lambda: routed_read() == REPLICA, 5, "reads to come back to the replica")
     back_in = time.monotonic() - started
     assert Row.objects.filter(value=2).count() == 1
-    assert moved_in < 2.5 and back_in < 2.5
+    # README: within 1.5 s each way (the check runs every second; measured 0.97-1.02 s).
+    assert moved_in < 1.5 and back_in < 1.5
     print(f"\nreplicas: reads moved to the primary {moved_in:.2f} s after STOP SLAVE SQL_THREAD, "
           f"back {back_in:.2f} s after START", file=sys.stderr)
 
