@@ -44,7 +44,7 @@ def gevent_patched() -> bool:
     return bool(monkey.is_module_patched("socket"))
 
 
-def setup() -> Any:
+def setup(name: str) -> Any:
     import django
     from django.conf import settings
 
@@ -55,9 +55,14 @@ def setup() -> Any:
     server = Server.from_env_or_start()
     server.create_database(DB)
     replica = djsettings.database(server, DB, {"pool_size": 1, "replica_of": "default", "max_replica_lag": 5})
+    pool: Dict[str, Any] = dict(POOL)
+    if name == "hosts":  # a multi-host alias: connections come through hosts.HostSet, which probes too
+        pool.update(hosts=[f"{server.host}:{server.port}"])
+    default = djsettings.database(server, DB, pool)
+    default["OPTIONS"].update(connect_timeout=5, read_timeout=30)  # multi-host aliases need both
     settings.configure(
         USE_TZ=True, SECRET_KEY="x", INSTALLED_APPS=[],
-        DATABASES={"default": djsettings.database(server, DB, dict(POOL)), "replica": replica},
+        DATABASES={"default": default, "replica": replica},
     )
     import autopool
 
@@ -275,7 +280,7 @@ def child_monitor(parent: Parent) -> Dict[str, Any]:
 
 CHILDREN: Dict[str, Callable[[Parent], Dict[str, Any]]] = {
     "exit": child_exit, "use": child_use, "raise": child_raise, "atomic": child_atomic,
-    "monitor": child_monitor,
+    "monitor": child_monitor, "hosts": child_use,
 }
 
 
@@ -332,7 +337,7 @@ def reap(pid: int) -> int:
 def run(name: str) -> Dict[str, Any]:
     from django.db import transaction
 
-    server = setup()
+    server = setup(name)
     parent = Parent(server)
     if name == "monitor":
         from autopool import routers
