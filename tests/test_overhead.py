@@ -1,4 +1,4 @@
-"""Server commands per request on a warm pool, counted by the server itself."""
+"""Server commands per request on a warm pool, counted by the server itself, per session."""
 from __future__ import annotations
 
 from unittest import mock
@@ -10,40 +10,49 @@ from autopool import registry
 from tests.testapp.models import Row
 
 N = 25
-COUNTERS = ("Questions", "Com_admin_commands", "Connections")
+COUNTERS = ("Questions", "Com_admin_commands")
 
 
 class ServerCounters:
-    """Global status read from a side connection; its own reads are subtracted."""
+    """The server's own counters of one pooled session, read through that session itself, so that
+    no other client's traffic counts. Every request of a test must run on that one session (one
+    thread at a time on a LIFO pool): ``delta`` checks it by CONNECTION_ID() and the pool's opens.
 
-    def __init__(self, server):
-        self.side = server.admin_connect()
-        self.cur = self.side.cursor()
+    The reads themselves are known: the closing read's SELECT CONNECTION_ID() and SHOW STATUS
+    (two statements) are subtracted, plus what the opening read's return or the closing read's
+    checkout costs (``per_checkout``: a ping or a rollback-on-return)."""
 
     def read(self):
-        self.cur.execute("SHOW GLOBAL STATUS WHERE Variable_name IN "
-                         "('Questions', 'Com_admin_commands', 'Connections')")
-        return {k: int(v) for k, v in self.cur.fetchall()}
+        with connection.cursor() as cur:
+            cur.execute("SELECT CONNECTION_ID()")
+            cid = cur.fetchone()[0]
+            cur.execute("SHOW SESSION STATUS WHERE Variable_name IN ('Questions', 'Com_admin_commands')")
+            return cid, {k: int(v) for k, v in cur.fetchall()}
 
-    def delta(self, fn):
-        before = self.read()
+    def delta(self, fn, per_checkout=0):
+        cid, before = self.read()
+        connection.close()
+        opened = pool_of().counters.connections_opened
         fn()
-        after = self.read()
+        after_cid, after = self.read()
+        connection.close()
+        assert after_cid == cid, "the requests did not all run on the one measured session"
+        assert pool_of().counters.connections_opened == opened
         d = {k: after[k] - before[k] for k in COUNTERS}
-        d["Questions"] -= 1  # the SHOW STATUS that read ``after``
         # Questions leaves out pings; Com_admin_commands counts them.
-        d["commands"] = d["Questions"] + d["Com_admin_commands"]
+        d["commands"] = d["Questions"] + d["Com_admin_commands"] - 2 - per_checkout
+        d["Connections"] = 0  # the same session before and after: nothing reconnected
         return d
 
-    def close(self):
-        self.side.close()
+
+def pool_of(alias="default"):
+    (entry,) = registry.entries(alias)
+    return entry.pool
 
 
 @pytest.fixture
 def counters(server):
-    c = ServerCounters(server)
-    yield c
-    c.close()
+    return ServerCounters()
 
 
 def requests(n=N):
@@ -106,7 +115,7 @@ def test_options_that_cost_a_round_trip_cost_exactly_one(counters, option):
     with mock.patch.dict(connections["default"].settings_dict, {"POOL": setting}):
         connection.close()
         warm()
-        d = counters.delta(requests())
+        d = counters.delta(requests(), per_checkout=1)
     connection.close()
     registry.dispose("default")
     assert d["Connections"] == 0
