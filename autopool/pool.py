@@ -53,8 +53,12 @@ _SLOT = object()
 
 
 def _reclaim_hint(alias: str) -> str:
-    from .advice import reclaim_hint  # lazy: names CONN_MAX_AGE when that setting is the cause
-
+    try:
+        from .advice import reclaim_hint  # lazy: names CONN_MAX_AGE when that setting is the cause
+    except ImportError:
+        # Called from a fairy's garbage-collection finalizer, which may run in the middle of
+        # the first import of autopool.advice (partially initialised): never lose the return.
+        return "call connection.close() / close_old_connections() when work outside a request ends"
     return reclaim_hint(alias)
 
 class _WaitExpired(Exception):
