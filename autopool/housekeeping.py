@@ -12,6 +12,7 @@ elastic pools retire idle connections. Stopped by ``uninstall()``; after
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import weakref
 from typing import Any, Optional
@@ -96,11 +97,16 @@ def is_running() -> bool:
 def reset_after_fork() -> None:
     """In a forked child: no task, nothing registered, a fresh lock."""
     global _thread, _stop, _lock
-    thread, event = _thread, _stop
+    event = _stop
     _thread = _stop = None
     _lock = threading.Lock()
     _pools.clear()
-    if thread is not None and event is not None and thread.is_alive():
-        # Under gevent the parent's task is a greenlet, copied into the child (a thread is not:
-        # it no longer runs here). It would keep running beside the child's own: stop it.
+    if event is not None and _threads_are_greenlets():
+        # The parent's task is a greenlet, copied into the child and still running there (although
+        # threading now calls it stopped) beside the child's own: end it. A real thread is gone.
         event.set()
+
+
+def _threads_are_greenlets() -> bool:
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and bool(monkey.is_module_patched("threading"))

@@ -98,6 +98,9 @@ class Parent:
         self.ids = {self.main_id, *self.holder_ids, *self.idle_ids}
         assert len(self.ids) == IDLE + 2, self.ids
         self.threads_connected = 0  # measured just before the fork (run())
+        from autopool import housekeeping
+
+        self.housekeeping_stop = housekeeping._stop
 
     def _fill_pool(self) -> List[int]:
         """IDLE + 2 sessions opened at once, all returned: the pool holds them idle."""
@@ -218,6 +221,10 @@ def child_use(parent: Parent) -> Dict[str, Any]:
     entries = list(registry.entries("default"))
     if len(entries) != 1 or entries[0].inherited or entries[0].pool.opened() != 1:
         problems.append(f"the child's pools: {entries} (opened: {[e.pool.opened() for e in entries]})")
+    # Under gevent the parent's housekeeping task, a greenlet, was copied into the child, where it
+    # would keep running (threading calls it stopped): it must have been told to end.
+    if gevent_patched() and not parent.housekeeping_stop.is_set():
+        problems.append("the parent's housekeeping greenlet still runs in the child")
     return {"child_id": cid, "problems": problems}
 
 
