@@ -24,6 +24,7 @@ from typing import Any, Dict, Iterator, List
 
 import pytest
 
+from tests.scenario_main import wait_until
 
 ENV = "AUTOPOOL_TEST_GALERA"
 pytestmark = pytest.mark.skipif(
@@ -106,17 +107,17 @@ class Load:
             return json.load(f)
 
 
-def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.02) -> float:
-    deadline = time.monotonic() + timeout
-    while True:
+def wait_for(predicate: Any, timeout: float, what: str) -> float:
+    """Poll until ``predicate`` holds (a node still starting may refuse the query: not yet); the
+    wall-clock time it did, for the timeline."""
+    def holds() -> bool:
         try:
-            if predicate():
-                return time.time()
+            return bool(predicate())
         except Exception:  # noqa: BLE001 - not yet
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+            return False
+
+    wait_until(holds, timeout, what)
+    return time.time()
 
 
 def event_time(result: Dict[str, Any], text: str, after: float = 0.0) -> float:

@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import pytest
 
 from tests.mariadb import Server
+from tests.scenario_main import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 DB_NAME = "autopool_obs"
@@ -115,13 +116,9 @@ def pooled(obs_server: Server) -> Iterator[Callable[..., Pooled]]:
         autopool.uninstall()
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
+def wait_for(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
+    """The predicate's first true value within ``timeout`` s, or its last false one (the caller asserts)."""
+    return wait_until(predicate, timeout, fail=False)
 
 
 def sessions_on(server: Server, db: str) -> int:
