@@ -81,6 +81,8 @@ CONFIGS: Dict[str, Config] = {c.key: c for c in (
            {"max_overflow": 10}, pool_size=5),
     Config("autopool-quickstart-pymysql", "autopool", "pymysql", "autopool quickstart POOL (5+10)",
            {"max_overflow": 10}, pool_size=5),
+    Config("autopool-quickstart-elastic", "autopool", "mysqlclient", "quickstart POOL (5+10), DjangoQueuePool",
+           {"max_overflow": 10, "django_pool_class": "autopool.pool.DjangoQueuePool"}, pool_size=5),
 )}
 DEFAULT_CONFIGS = ["stock", "persistent", "autopool", "stock-pymysql", "persistent-pymysql", "autopool-pymysql"]
 
@@ -933,7 +935,7 @@ def run_micro(server: Server, quick: bool) -> Optional[Dict[str, Any]]:
 
 # --------------------------------------------------------------------------- quickstart regime
 
-QUICKSTART_CONFIGS = ("autopool-quickstart", "autopool-quickstart-pymysql")
+QUICKSTART_CONFIGS = ("autopool-quickstart", "autopool-quickstart-pymysql", "autopool-quickstart-elastic")
 
 
 def _monitor_execute(monitor: Monitor, sql: str) -> Optional[Tuple[Any, ...]]:
@@ -960,7 +962,8 @@ def run_quickstart_regime(server: Server, monitor: Monitor, seconds: int, tmp: P
         _monitor_execute(monitor, "FLUSH STATUS")  # Max_used_connections := connections open now
         r = one_run(server, monitor, CONFIGS[key], WORKLOADS["item-c9"], 0, seconds, tmp, progress, None)
         max_used = int(_monitor_execute(monitor, "SHOW GLOBAL STATUS LIKE 'Max_used_connections'")[1])
-        rows.append({"config": key, "driver": CONFIGS[key].driver, "ok": r.ok, "note": r.note,
+        pool_class = (CONFIGS[key].pool_options or {}).get("django_pool_class", "QueuePool").rsplit(".", 1)[-1]
+        rows.append({"config": key, "driver": CONFIGS[key].driver, "pool_class": pool_class, "ok": r.ok, "note": r.note,
                      "requests": r.requests, "rps": r.rps, "errors": r.errors,
                      "new_sessions": r.new_connections,
                      "new_sessions_per_request": r.new_connections / r.requests if r.requests else float("nan"),
@@ -975,10 +978,10 @@ def quickstart_report(rows: List[Dict[str, Any]], seconds: int) -> str:
              f"One gunicorn gevent worker, `wrk -c 9` on /item/<random id> for {seconds} s (between pool_size "
              "and the cap of 15). New sessions counted after warm-up (`Connections` delta); peak sessions "
              "from `Max_used_connections` after `FLUSH STATUS`, less the connections open before.", "",
-             "| driver | requests | req/s | new server sessions | new sessions per request | peak sessions "
-             "(cap 15) | errors |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "| pool class | driver | requests | req/s | new server sessions | new sessions per request | "
+             "peak sessions (cap 15) | errors |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
-        lines.append(f"| {row['driver']} | {row['requests']} | {fmt(row['rps'])} | {row['new_sessions']} | "
+        lines.append(f"| {row['pool_class']} | {row['driver']} | {row['requests']} | {fmt(row['rps'])} | {row['new_sessions']} | "
                      f"{row['new_sessions_per_request']:.4f} | {row['peak_exact']} | {row['errors']} |")
     return "\n".join(lines) + "\n"
 
@@ -1026,7 +1029,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--no-micro", action="store_true", help="skip bench/micro.py")
     parser.add_argument("--no-regime", action="store_true", help="skip the quickstart-POOL regime")
     parser.add_argument("--regime-only", action="store_true",
-                        help="only the README quickstart POOL (5+10) at 9 concurrent clients, both drivers")
+                        help="only the README quickstart POOL (5+10) at 9 concurrent clients: QueuePool on "
+                             "both drivers, DjangoQueuePool on mysqlclient")
     parser.add_argument("--output", default=str(RESULTS / "latest.md"), help="Markdown report path")
     args = parser.parse_args(argv)
 

@@ -208,6 +208,7 @@ def test_sessions_per_request_and_peak_sessions(regime_db: Any, pool_class: str,
                                                 max_overflow: int, threads: int) -> None:
     pool = {"django_pool_class": pool_class, "pool_size": pool_size, "max_overflow": max_overflow}
     stats = run_regime(regime_db, pool, threads)
+    print(f"{pool_class} {pool_size}+{max_overflow} x {threads} threads: {stats}")  # shown with -s
     cap = pool_size + max_overflow
     # The regime is the one named: more sessions than pool_size were open at once.
     assert stats["warm"] == min(threads, cap) > pool_size, stats

@@ -20,6 +20,7 @@ from sqlalchemy.pool.base import _AsyncConnDialect
 from autopool import PoolTimeout
 from autopool.errors import PoolError
 from autopool.pool import DjangoQueuePool, QueuePool
+from autopool.waiting import ThreadWaiter
 from tests.scenario_main import wait_until
 
 
@@ -191,8 +192,8 @@ def test_never_more_connections_open_than_the_cap_under_churn(cls: type) -> None
 
     run_threads(8, work)
     assert server.peak <= 4, server.peak
-    assert pool.checkedout() == 0 and server.open == pool.opened() - sum(
-        1 for rec, _ in pool._idle if rec.dbapi_connection is None)
+    idle, out = pool.connection_records()
+    assert out == [] and server.open == sum(rec.dbapi_connection is not None for rec in idle) <= 4
 
 
 # -- errors -----------------------------------------------------------------------
@@ -308,6 +309,66 @@ def test_recreate_passes_on_every_constructor_argument(cls: type) -> None:
     for name, value in given.items():
         assert seen[1].get(name, "missing") == value or (
             name == "reset_on_return" and seen[1][name].name == "reset_commit"), name
+
+
+# -- waiting: one claim decides between a give-up and a hand-over ----------------------------
+
+def test_a_hand_over_that_races_the_timeout_is_taken() -> None:
+    class HandedAsItTimesOut(ThreadWaiter):
+        __slots__ = ("offered",)
+
+        def _block(self, timeout: float | None) -> bool:
+            self.offered = self.set("conn")  # a return arrives just as the wait times out
+            return False
+
+    w = HandedAsItTimesOut()
+    assert w.wait(0) is True and w.offered is True and w.item == "conn"
+
+
+def test_a_waiter_that_gave_up_refuses_what_is_offered_later() -> None:
+    w = ThreadWaiter()
+    assert w.wait(0) is False
+    assert w.set("conn") is False and w.fail(RuntimeError("x")) is False
+    handed = ThreadWaiter()
+    assert handed.set("conn") is True and handed.cancel() == "conn"  # interrupted after the hand-over
+    assert ThreadWaiter().cancel() is None
+
+
+class Killed(BaseException):
+    """What gevent.kill() or a KeyboardInterrupt raises in a waiting checkout."""
+
+
+@pytest.mark.parametrize("after_hand_over", [True, False])
+def test_a_checkout_killed_while_waiting_loses_no_connection(after_hand_over: bool) -> None:
+    class KilledWaiter(ThreadWaiter):
+        __slots__ = ()
+
+        def _block(self, timeout: float | None) -> bool:
+            if after_hand_over:
+                super()._block(timeout)  # handed the connection, then killed before it runs again
+            raise Killed
+
+    pool, server = make(pool_size=1, max_overflow=0, timeout=10)
+    held = pool.connect()
+    pool._waiter_class = KilledWaiter
+    outcome: list[BaseException] = []
+
+    def checkout() -> None:
+        try:
+            pool.connect()
+        except Killed as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=checkout)
+    t.start()
+    wait_until(lambda: pool.waiting() == 1 or not t.is_alive(), timeout=10)
+    if after_hand_over:
+        held.close()
+    t.join(10)
+    assert len(outcome) == 1 and pool.waiting() == 0
+    if not after_hand_over:
+        held.close()
+    assert (pool.opened(), pool.checkedin(), pool.checkedout(), server.open) == (1, 1, 0, 1)
 
 
 # -- SQLAlchemy's own suite ----------------------------------------------------------------
