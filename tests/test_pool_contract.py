@@ -371,6 +371,33 @@ def test_a_checkout_killed_while_waiting_loses_no_connection(after_hand_over: bo
     assert (pool.opened(), pool.checkedin(), pool.checkedout(), server.open) == (1, 1, 0, 1)
 
 
+@pytest.mark.parametrize("after_hand_over", [True, False])
+def test_a_greenlet_killed_while_waiting_on_the_hub_loses_no_connection(after_hand_over: bool) -> None:
+    # gevent's kill is delivered by the hub; a return that handed the
+    # connection over before the hub ran (its switch still pending) must not
+    # lose it, nor may a waiter killed before any hand-over stay queued.
+    gevent = pytest.importorskip("gevent")
+    from autopool.waiting import HubWaiter
+
+    pool, server = make(pool_size=1, max_overflow=0, timeout=10)
+    pool._waiter_class = HubWaiter
+    held = pool.connect()
+    g = gevent.spawn(pool.connect)
+    for _ in range(1000):
+        if pool.waiting() == 1:
+            break
+        gevent.sleep(0.001)
+    assert pool.waiting() == 1
+    g.kill(gevent.GreenletExit, block=False)  # delivered when the hub next runs ...
+    if after_hand_over:
+        held.close()  # ... after this return handed the connection to the waiting greenlet
+    g.join(10)
+    assert g.dead and isinstance(g.value, gevent.GreenletExit) and pool.waiting() == 0  # killed, not served
+    if not after_hand_over:
+        held.close()
+    assert (pool.opened(), pool.checkedin(), pool.checkedout(), server.open) == (1, 1, 0, 1)
+
+
 # -- SQLAlchemy's own suite ----------------------------------------------------------------
 
 @pytest.mark.gevent_subprocess
