@@ -50,7 +50,8 @@ def _start_server_on_first_connect() -> None:
     original = DatabaseWrapper.get_connection_params
 
     def get_connection_params(self: Any) -> Any:
-        if self.settings_dict.get("USER") == djsettings.PLACEHOLDER.user:  # not an alias of another server
+        s, nowhere = self.settings_dict, djsettings.PLACEHOLDER
+        if (s.get("HOST"), str(s.get("PORT"))) == (nowhere.host, str(nowhere.port)):  # not another server's
             get_server()
         return original(self)
 
