@@ -181,12 +181,21 @@ def _on_connection_created(sender: Any, connection: Any, **kwargs: Any) -> None:
     if connection.settings_dict.get("POOL") is None or not config_mod.enabled():
         return
     alias = connection.alias
-    entry = " ".join(os.path.basename(arg) if i == 0 else arg for i, arg in enumerate(sys.argv))[:120]
+    entry = _command_line()
     report(checks.Warning(
         f"DATABASES[{alias!r}] has a POOL setting, but autopool.install() was not called in this "
         f"process (pid {os.getpid()}, {entry or 'python'}), so it is not pooled here: each thread or "
         "greenlet opens its own server connection.",
         obj=f"DATABASES[{alias!r}]", id="autopool.W001", hint=NOT_INSTALLED_HINT))
+
+
+def _command_line() -> str:
+    """This process's command line, short: which entry point to fix."""
+    argv = list(getattr(sys, "orig_argv", None) or sys.argv)  # orig_argv keeps ``-m gunicorn``
+    if argv:
+        argv[0] = os.path.basename(argv[0])
+    line = " ".join(argv)
+    return line if len(line) <= 120 else line[:117] + "..."
 
 
 def reclaim_hint(alias: str) -> str:

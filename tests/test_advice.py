@@ -354,3 +354,99 @@ def test_persistent_unpooled_connections_under_asgi_warn_at_start_up(project: Pa
     [line] = logged(stderr, "autopool.W020")
     assert "DATABASES['default'] sets CONN_MAX_AGE=60 without a POOL in an ASGI project" in line
 
+
+
+def _gunicorn(project: Path, databases: Dict[str, Any], settings: Optional[Dict[str, Any]] = None) -> Any:
+    """``gunicorn -k gevent`` serving the stock wsgi.py; returns (process, port)."""
+    from tests.mariadb import free_port
+
+    pytest.importorskip("gunicorn")
+    port = free_port()
+    environ = {k: v for k, v in os.environ.items() if k not in ("AUTOPOOL_ENABLED", "DJANGO_SETTINGS_MODULE")}
+    environ.update(PYTHONPATH=os.pathsep.join([str(project), str(ROOT)]), PYTHONDONTWRITEBYTECODE="1",
+                   ADV_DATABASES=json.dumps(databases), ADV_SETTINGS=json.dumps(settings or {}),
+                   DJANGO_SETTINGS_MODULE="advproj.settings")
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "--no-control-socket", "-k", "gevent", "-w", "1",
+                             "--worker-connections", "200", "-b", f"127.0.0.1:{port}", "advproj.wsgi"],
+                            cwd=project, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return proc, port
+
+
+def _get(port: int) -> Dict[str, Any]:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", "/q")
+        response = conn.getresponse()
+        assert response.status == 200, response.read()
+        return json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def _load(port: int, clients: int, each: int) -> List[Dict[str, Any]]:
+    import threading
+    import time
+
+    deadline = time.monotonic() + 30
+    while True:  # ready when it answers
+        try:
+            first = _get(port)
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "gunicorn did not become ready"
+            time.sleep(0.05)
+    results, errors = [first], []
+
+    def client() -> None:
+        try:
+            for _ in range(each):
+                results.append(_get(port))
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert not any(t.is_alive() for t in threads)
+    return results
+
+
+def _stop(proc: Any) -> str:
+    proc.terminate()
+    try:
+        out, _ = proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate(timeout=5)
+    return out
+
+
+def test_gunicorn_gevent_with_a_stock_wsgi_py_is_pooled(project: Path, mariadb: Server) -> None:
+    """The issue's case: nothing in wsgi.py. Listing the app is enough for a gevent worker under load."""
+    opened = mariadb.status("Connections")
+    proc, port = _gunicorn(project, {"default": database(mariadb, POOL={"pool_size": 3, "max_overflow": 2})})
+    try:
+        results = _load(port, clients=20, each=5)
+    finally:
+        output = _stop(proc)
+    assert len(results) == 101 and all(r["installed"] and r["pools"] == ["default"] for r in results)
+    assert len({r["cid"] for r in results}) <= 5, output  # pool_size + max_overflow server sessions
+    assert mariadb.status("Connections") - opened <= 5 + 1, output  # (+ the status query itself)
+    assert "autopool.W0" not in output, output
+
+
+def test_gunicorn_gevent_with_install_turned_off_says_so_once(project: Path, mariadb: Server) -> None:
+    proc, port = _gunicorn(project, {"default": database(mariadb, POOL={"pool_size": 3, "max_overflow": 2})},
+                           settings={"AUTOPOOL_AUTO_INSTALL": False})
+    try:
+        results = _load(port, clients=10, each=3)
+    finally:
+        output = _stop(proc)
+    assert not any(r["pools"] for r in results)
+    assert len([line for line in output.splitlines() if line.startswith("LOG WARNING autopool autopool.W001: ")]) == 1
+    assert "gunicorn" in output.split("autopool.W001: ", 1)[1].splitlines()[0]  # names the process
