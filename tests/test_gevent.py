@@ -35,8 +35,9 @@ def test_hard_cap_under_a_thousand_greenlets(scenario):
     assert r["errors"] == []
     assert r["done"] == 1000
     assert r["samples"] > 5
+    # Sessions on the scenario's own database (server-side, per database: no other client counts).
     assert r["max_db_conns"] <= 10  # pool_size 5 + max_overflow 5
-    assert r["max_threads_connected"] - r["baseline_threads"] <= 10 + 1  # + the sampler
+    assert r["max_db_conns"] >= 5  # ... and the pool was really in use meanwhile
     assert r["waiting_seen"] > 100  # hundreds waited ...
     assert r["ticks_while_waiting"] >= 2  # ... while the hub kept running other greenlets
     assert r["checked_out_after"] == 0

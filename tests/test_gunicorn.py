@@ -203,6 +203,7 @@ def test_readme_hooks_with_the_gevent_worker_scrape_each_worker_and_end_every_se
         assert log_text.count("disposed pool of 'default'") == 2, log_text
         # ... and ended each session with a goodbye, not a dropped socket, right away.
         assert db_sessions(mariadb, user) == 0
+        print(f"\ngunicorn -k gevent -w 2, TERM: server sessions of the user {before} -> 0", file=sys.stderr)
         assert mariadb.status("Aborted_clients") == aborted, log_text
     finally:
         mariadb.execute(f"DROP DATABASE IF EXISTS {DB}")
