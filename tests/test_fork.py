@@ -58,3 +58,16 @@ def test_parent_sessions_survive_a_child_that_exits_normally(scenario: Any, name
         assert r["child"]["child_id"] not in r["parent_ids"]
     if name == "raise":
         assert "the child dies of an exception (expected by the test)" in r["stderr"]
+
+
+def test_one_after_fork_handler_owns_the_per_process_state() -> None:
+    """Only fork.py registers with os.register_at_fork: a new piece of per-process state gets its
+    reset there, in order, not in a handler of its own."""
+    import pathlib
+
+    import autopool
+
+    package = pathlib.Path(autopool.__file__).parent
+    registering = sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
+                         if "register_at_fork(" in p.read_text())
+    assert registering == ["fork.py"]
