@@ -37,6 +37,7 @@ the server answered cleanly.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import weakref
 from contextlib import contextmanager
@@ -53,11 +54,17 @@ logger = logging.getLogger("autopool")
 TX = "_autopool_tx"              # wrapper.__dict__: its _TxState, present only in transaction mode
 PARKED = "_autopool_parked"      # wrapper.__dict__: connection given back after a statement
 CONNECTING = "_autopool_connecting"  # wrapper.__dict__: inside connect(): never park
-PINS = "_autopool_pins"          # wrapper.__dict__: depth of pinned() blocks
+PINS = "_autopool_pins"          # wrapper.__dict__: depth of pinned() blocks (and constraint checks off)
+FK_PINS = "_autopool_fk_pins"    # wrapper.__dict__: pins taken by disable_constraint_checking()
 
 SERVER_STATUS_IN_TRANS = 0x0001
 SERVER_MORE_RESULTS_EXIST = 0x0008
 TRANSACTION = "transaction"
+
+
+# Attachment tokens: a cursor bound under one attachment must rebind under the next, even when
+# the pool hands back the same physical connection.
+_TOKENS = itertools.count(1)
 
 
 class SessionStateError(ProgrammingError):
@@ -70,7 +77,7 @@ class SessionStateError(ProgrammingError):
 class _TxState:
     """What a wrapper in transaction mode keeps between its statements."""
 
-    __slots__ = ("cursors", "stream", "guard", "owner")
+    __slots__ = ("cursors", "stream", "guard", "owner", "token")
 
     def __init__(self, guard: Optional[str], owner: int) -> None:
         self.owner = owner  # id() of the wrapper (a shallow copy gets its own state)
@@ -80,6 +87,7 @@ class _TxState:
         # The TxCursorWrapper whose result is still on the connection (held until it is closed).
         self.stream: Any = None
         self.guard = guard
+        self.token = 0  # this attachment's number (0: none)
 
 
 # --- Django DatabaseWrapper hooks (wrapt signature) ---------------------------------------------
@@ -107,6 +115,7 @@ def _set_mode(instance: Any, d: dict) -> None:
         if state is None or state.guard != cfg.session_state_guard or state.owner != id(instance):
             state = d[TX] = _TxState(cfg.session_state_guard, id(instance))
         state.stream = None
+        state.token = next(_TOKENS)
     else:
         d.pop(TX, None)
 
@@ -167,6 +176,58 @@ def close(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
     return wrapped(*args, **kwargs)
 
 
+def create_cursor(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    # A statement run between _cursor()'s ensure_connection() and here (e.g.
+    # by a patched ensure_connection) may have given the connection back.
+    if instance.connection is None and instance.__dict__.get(PARKED):
+        with instance.wrap_database_errors:
+            instance.connect()  # re-attaches (not ensure_connection(): that may be the patched one)
+    return wrapped(*args, **kwargs)
+
+
+def disable_constraint_checking(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    # ``SET foreign_key_checks=0`` is session state: hold the connection until
+    # enable_constraint_checking(), so the statements in between (the schema
+    # editor's, loaddata's) see it and no other request gets it.
+    d = instance.__dict__
+    d[PINS] = d.get(PINS, 0) + 1
+    try:
+        disabled = wrapped(*args, **kwargs)
+    except BaseException:
+        _unpin(instance, d)
+        raise
+    if disabled:
+        d[FK_PINS] = d.get(FK_PINS, 0) + 1
+    else:
+        _unpin(instance, d)
+    return disabled
+
+
+def enable_constraint_checking(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    d = instance.__dict__
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        held = d.get(FK_PINS, 0)
+        if held:
+            if held > 1:
+                d[FK_PINS] = held - 1
+            else:
+                del d[FK_PINS]
+            _unpin(instance, d)
+
+
+def _unpin(db: Any, d: dict) -> None:
+    depth = d.get(PINS, 1) - 1
+    if depth > 0:
+        d[PINS] = depth
+        return
+    d.pop(PINS, None)
+    state = d.get(TX)
+    if state is not None:
+        _park_if_idle(db, d, state)
+
+
 def make_cursor(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
     state = instance.__dict__.get(TX)
     if state is None:
@@ -185,7 +246,7 @@ def _tx_cursor(cls: type, db: Any, state: _TxState, args: tuple, kwargs: dict) -
     cursor = args[0] if args else kwargs["cursor"]
     _track(state, cursor)
     wrapper = cls(cursor, db)
-    wrapper._autopool_conn = db.connection
+    wrapper._autopool_token = state.token
     return wrapper
 
 
@@ -234,6 +295,7 @@ def _park(db: Any, d: dict, state: _TxState, healthy: bool) -> None:
         return
     _detach(state)
     state.stream = None
+    state.token = 0
     del d[LEASE]
     d.pop(OWNER, None)
     d.pop(REUSED, None)
@@ -331,7 +393,7 @@ def _statement(cursor: Any, run: Any, args: tuple, sql: Any, multi_result: bool 
     state = d.get(TX)
     if state is None:  # the wrapper left transaction mode (reconnected to another pool)
         return run(*args)
-    if cursor._autopool_conn is not db.connection or db.connection is None:
+    if cursor._autopool_token != state.token or db.connection is None:
         _rebind(cursor, db, d)
         state = d.get(TX)
         if state is None:
@@ -371,16 +433,16 @@ def _rebind(cursor: Any, db: Any, d: dict) -> None:
         db.ensure_connection()
     state = d.get(TX)
     inner = db.create_cursor()
+    cursor.cursor = inner
     if state is not None:
         _track(state, inner)
-    cursor.cursor = inner
-    cursor._autopool_conn = db.connection
+        cursor._autopool_token = state.token
 
 
 class TxCursorWrapper(django_utils.CursorWrapper):
     """Django's cursor wrapper for a connection in transaction mode."""
 
-    _autopool_conn: Any = None
+    _autopool_token = 0  # the attachment its DB-API cursor belongs to
 
     def execute(self, sql: Any, params: Any = None) -> Any:
         return _statement(self, super().execute, (sql, params), sql)
@@ -429,14 +491,7 @@ def pinned(using: str = DEFAULT_DB_ALIAS) -> Iterator[Any]:
         db.ensure_connection()
         yield db
     finally:
-        depth = d.get(PINS, 1) - 1
-        if depth:
-            d[PINS] = depth
-        else:
-            d.pop(PINS, None)
-            state = d.get(TX)
-            if state is not None:
-                _park_if_idle(db, d, state)
+        _unpin(db, d)
 
 
 # (DatabaseWrapper attribute, hook): registered by patch.py after its own
@@ -446,6 +501,9 @@ PATCHES = (
     ("get_autocommit", get_autocommit),
     ("set_autocommit", set_autocommit),
     ("close", close),
+    ("create_cursor", create_cursor),
+    ("disable_constraint_checking", disable_constraint_checking),
+    ("enable_constraint_checking", enable_constraint_checking),
     ("make_cursor", make_cursor),
     ("make_debug_cursor", make_debug_cursor),
 )

@@ -454,6 +454,11 @@ def test_shallow_copy_never_parks_the_original(tx: Any) -> None:
 
 def test_async_orm_gives_the_connection_back_between_awaits(tx: Any) -> None:
     """The async ORM (sync_to_async on the request's thread) parks like sync code does."""
+    import sys
+
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("threading"):
+        pytest.skip("asgiref's sync_to_async needs real threads (ASGI servers do not run under gevent)")
     import asyncio
 
     from asgiref.sync import async_to_sync, sync_to_async
@@ -472,3 +477,51 @@ def test_async_orm_gives_the_connection_back_between_awaits(tx: Any) -> None:
     async_to_sync(view)()  # sync parts run on this thread, as under Django's ASGI handler
     assert between == [0]
     Row.objects.using(ALIAS).filter(pk=row.pk).delete()
+
+
+def test_constraint_checks_disabled_holds_one_session(tx: Any) -> None:
+    """``SET foreign_key_checks=0`` (schema editor, loaddata outside atomic on MySQL) stays on one
+    connection until checks are enabled again, and never reaches the pool."""
+    cid(tx)
+    with tx.constraint_checks_disabled():
+        first = cid(tx)
+        assert one(tx, "SELECT @@SESSION.foreign_key_checks") == (0,)
+        assert cid(tx) == first and pool_of().checkedout() == 1
+    assert pool_of().checkedout() == 0
+    with autopool.pinned(ALIAS):  # both pooled connections: checks on
+        assert one(tx, "SELECT @@SESSION.foreign_key_checks") == (1,)
+    assert one(tx, "SELECT @@SESSION.foreign_key_checks") == (1,)
+
+
+def test_statement_between_ensure_connection_and_cursor(tx: Any) -> None:
+    """A statement run by a patched ensure_connection() (Django's own tests do) gives the
+    connection back before _cursor() creates its cursor: the cursor gets one again."""
+    from unittest import mock
+
+    real = tx.ensure_connection
+
+    def ensure_then_query() -> None:
+        real()
+        with mock.patch.object(tx, "ensure_connection", real):  # no recursion
+            with tx.cursor() as cur:
+                cur.execute("SELECT 1")
+
+    cid(tx)
+    with mock.patch.object(tx, "ensure_connection", side_effect=ensure_then_query):
+        assert one(tx, "SELECT 2") == (2,)
+    assert pool_of().checkedout() == 0
+
+
+def test_cursor_reused_when_the_pool_hands_back_the_same_connection(server: Any) -> None:
+    """With one pooled connection every statement gets the same physical connection back: a
+    cursor kept across statements (Django's database cache does) still gets a live DB-API cursor."""
+    with alias(server, "tx1", pool_size=1, max_overflow=0) as w:
+        with w.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM testapp_row")
+            cur.fetchone()
+            with transaction.atomic(using="tx1"):
+                cur.execute("INSERT INTO testapp_row (value, note) VALUES (15, 'same')")
+            cur.execute("SELECT note FROM testapp_row WHERE value = 15")
+            assert cur.fetchone() == ("same",)
+            cur.execute("DELETE FROM testapp_row WHERE value = 15")
+        assert pool_of("tx1").checkedout() == 0
