@@ -47,7 +47,8 @@ def test_readme_opens_with_the_two_commands():
     ci = (ROOT / ".ci" / "run").read_text()
     assert lines[1].strip()[2:] in ci
     # Where the repository is comes before anything asks to run its scripts.
-    assert "git clone " in README.split("Install\n---", 1)[0]
+    opening = " ".join(README.split("$ bash scripts/demo.sh", 1)[0].split())
+    assert "git clone https://github.com/" in opening and "cd django-mysql-autopool" in opening
 
 
 def test_readme_is_short_and_points_at_the_docs():
