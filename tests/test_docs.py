@@ -12,6 +12,7 @@ Python and settings examples are run by ``test_readme_examples``/``test_doc_exam
 """
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -102,7 +103,7 @@ OUTPUTS = shown_outputs()
 
 def test_every_output_check_is_run():
     assert sorted(OUTPUTS) == ["check-disabled", "check-errors", "dispose", "log-lines", "runtime-warning",
-                               "stats-fresh"]
+                               "stats-fresh", "stats-json", "stats-table"]
 
 
 def two_aliases(server: Server, **default: Any) -> Dict[str, Any]:
@@ -144,6 +145,29 @@ def test_manage_py_autopool_outputs(project: Path, mariadb: Server):
     assert normalise(fresh.stdout) == normalise(without_prompt(OUTPUTS["stats-fresh"]))
     dispose = run(project, ["manage.py", "autopool", "dispose"], two_aliases(mariadb))
     assert normalise(dispose.stdout) == normalise(without_prompt(OUTPUTS["dispose"]))
+
+
+def test_stats_table_and_json_have_the_code_s_rows(project: Path, mariadb: Server):
+    """The busy-process table and the JSON: every row of autopool.stats(), in its order (the figures
+    themselves are one run's)."""
+    code = ("import threading\nfrom django.core.management import call_command\nfrom django.db import connection\n"
+            "def work():\n    for _ in range(3):\n        connection.cursor().execute('SELECT SLEEP(0.01)')\n"
+            "        connection.close()\nthreads = [threading.Thread(target=work) for _ in range(4)]\n"
+            "[t.start() for t in threads]\n[t.join() for t in threads]\n"
+            "call_command('autopool', 'stats', 'default')")
+    table = run(project, ["manage.py", "shell", "-c", code], two_aliases(mariadb)).stdout
+    table = table[table.index("alias "):]  # after Django's shell banner ("N objects imported automatically.")
+    rows = [line.split() for line in table.splitlines() if line.strip()]
+    shown = [line.split() for line in OUTPUTS["stats-table"].splitlines() if line.strip()]
+    assert [r[0] for r in rows] == [r[0] for r in shown]
+    assert dict(rows)["checkouts"] == "12" and dict(rows)["pool_class"] == dict(shown)["pool_class"]
+
+    listed = run(project, ["manage.py", "autopool", "stats", "replica", "--connect", "--json"],
+                 two_aliases(mariadb)).stdout
+    keys = list(json.loads(listed)[0])
+    shown_keys = re.findall(r'^\s*"(\w+)":', OUTPUTS["stats-json"], re.M)
+    head = shown_keys[:shown_keys.index("max_overflow") + 1]
+    assert keys[:len(head)] == head and keys[-2:] == shown_keys[-2:]
 
 
 def _env(project: Path, dbs: Dict[str, Any]) -> Dict[str, str]:
