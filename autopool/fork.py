@@ -29,7 +29,9 @@ Then it resets, in order, every piece of per-process state:
 
 Before the fork, the module locks of registry, housekeeping and routers, and
 each pool's lock, are taken, so no other thread is in the middle of changing
-that state when the process is copied; the child gets fresh locks. The
+that state when the process is copied (a lock held by a thread that does not
+exist in the child would stay held there forever); the child replaces the
+module locks and releases the pools'. The
 connections checked out at that moment (their pool records' fairies) are
 held across the fork: in the child, CPython frees other threads'
 thread-local data (Django's connections) *before* any after-fork handler

@@ -362,6 +362,8 @@ def run(name: str) -> Dict[str, Any]:
     parent.threads_connected = server.status("Threads_connected")
     if name == "multiprocessing":
         report, code = run_multiprocessing(parent)
+    elif name == "siblings":
+        report, code = run_siblings(parent)
     else:
         read_fd, write_fd = os.pipe()
         pid = os.fork()
@@ -393,6 +395,57 @@ def run(name: str) -> Dict[str, Any]:
     parent.server_settles()
     return {"problems": problems + parent.problems, "child": report, "exit_status": code,
             "parent_ids": sorted(parent.ids), "gevent": gevent_patched()}
+
+
+def run_siblings(parent: Parent) -> Any:
+    """Two workers of a preloading server: one keeps serving while the other (``use``) exits."""
+    go_r, go_w = os.pipe()
+    ready_r, ready_w = os.pipe()
+    read_a, write_a = os.pipe()
+    pid_a = os.fork()
+    if pid_a == 0:
+        for fd in (go_w, ready_r, read_a):
+            os.close(fd)
+        problems = []
+        try:
+            first = connection_id()
+            os.write(ready_w, b"x")
+            os.read(go_r, 1)  # until the other worker has exited
+            again = connection_id()
+            if first in parent.ids:
+                problems.append(f"the staying worker got one of the parent's sessions ({first})")
+            if again != first:
+                problems.append(f"the staying worker's session {first} became {again}")
+            report = {"child_id": first, "problems": problems}
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails the test
+            report = {"problems": [f"the staying worker raised {type(exc).__name__}: {exc}"]}
+        os.write(write_a, json.dumps(report).encode())
+        os.close(write_a)
+        sys.exit(0)
+    for fd in (go_r, ready_w, write_a):
+        os.close(fd)
+    ready, _, _ = select.select([ready_r], [], [], CHILD_TIMEOUT)
+    os.close(ready_r)
+    read_b, write_b = os.pipe()
+    pid_b = os.fork()
+    if pid_b == 0:
+        os.close(read_b)
+        in_child("use", parent, write_b)
+    os.close(write_b)
+    report = read_report(read_b, pid_b)
+    code = reap(pid_b)
+    os.write(go_w, b"x")
+    os.close(go_w)
+    staying = read_report(read_a, pid_a)
+    staying_code = reap(pid_a)
+    report["problems"] = report.get("problems", []) + staying.get("problems", [])
+    if not ready:
+        report["problems"].append("the staying worker did not connect in time")
+    if staying_code != 0:
+        report["problems"].append(f"the staying worker's exit status {staying_code}")
+    if staying.get("child_id") == report.get("child_id"):
+        report["problems"].append("both workers had the same session")
+    return report, code
 
 
 def _mp_child(parent_ids: List[int], conn: Any) -> None:

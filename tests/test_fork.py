@@ -24,6 +24,7 @@ SCENARIOS = {
     "raise": "the child uses the database, then dies of an exception, atexit running gc.collect",
     "atomic": "forked inside atomic(): the child can neither query nor commit the parent's transaction",
     "monitor": "the child has its own replica monitor, checked by its own housekeeping",
+    "siblings": "two workers: one exits normally while the other keeps its own session (prefork servers)",
     "hosts": "a multi-host alias (connections made by hosts.HostSet): the child's query gets a new session",
 }
 
