@@ -107,34 +107,40 @@ def test_use_in_one_request_does_not_reach_the_next(server: Server, two_tables: 
     assert rows_in(server, DB) == [2]
 
 
+def _session_counts(conn: Any) -> tuple:
+    """(CONNECTION_ID(), the session's own command counters), read through the session itself."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT CONNECTION_ID()")
+        cid = cur.fetchone()[0]
+        cur.execute("SHOW SESSION STATUS WHERE Variable_name IN ('Questions', 'Com_admin_commands')")
+        return cid, sum(int(v) for _, v in cur.fetchall())
+
+
 def test_a_request_that_stays_in_its_database_costs_no_round_trip(server: Server, two_tables: str) -> None:
-    """Restoring the database costs one command, only after a request that changed it."""
-    side = server.admin_connect()
-    try:
-        cur = side.cursor()
+    """Restoring the database costs one command, only after a request that changed it.
 
-        def commands() -> int:
-            cur.execute("SHOW GLOBAL STATUS WHERE Variable_name IN ('Questions', 'Com_admin_commands')")
-            return sum(int(v) for _, v in cur.fetchall())
-
-        with pooled("ss_cost", server, ONE) as conn:
-            conn_id(conn)
+    Counted by the server for the one pooled session (no other client's traffic counts); the
+    closing read's two statements are subtracted."""
+    with pooled("ss_cost", server, ONE) as conn:
+        cid, before = _session_counts(conn)
+        conn.close()
+        for _ in range(10):
+            one(conn, "SELECT 1")
             conn.close()
-            before = commands()
-            for _ in range(10):
-                one(conn, "SELECT 1")
-                conn.close()
-            plain = commands() - before - 1  # minus the SHOW STATUS that read it
-            before = commands()
+        same, after = _session_counts(conn)
+        conn.close()
+        plain = after - before - 2
+        for _ in range(10):
             one(conn, f"USE {OTHER_DB}")
             conn.close()
-            moved = commands() - before - 1
-            assert one(conn, "SELECT DATABASE()")[0] == DB
-            conn.close()
-    finally:
-        side.close()
-    assert plain == 10
-    assert moved == 2  # the USE and the one COM_INIT_DB that undoes it
+        again, moved_after = _session_counts(conn)
+        conn.close()
+        moved = moved_after - after - 2
+        assert one(conn, "SELECT DATABASE()")[0] == DB
+        conn.close()
+    assert cid == same == again  # one session throughout
+    assert plain == 10  # one command per one-query request: no check, no restore
+    assert moved == 20  # the USE and the one COM_INIT_DB that undoes it
 
 
 def test_a_dropped_database_is_not_handed_on(server: Server) -> None:
