@@ -232,7 +232,7 @@ class QueuePool(Pool):
             if item is _SLOT:
                 self._release_slot()
             elif item is not None:
-                self._put_back(item)
+                self._do_return_conn(item)
             else:
                 self._forget(waiter)
             raise
@@ -300,7 +300,7 @@ class QueuePool(Pool):
             try:
                 rec.invalidate()
             finally:
-                self._put_back(rec)
+                self._do_return_conn(rec)
             freed += 1
         return freed
 
@@ -329,6 +329,8 @@ class QueuePool(Pool):
 
     # -- return ---------------------------------------------------------------
     def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
+        """Also takes back a record that was never checked out (reclaimed, or
+        handed to a waiter that was killed)."""
         self._out.pop(record, None)
         if self._leak_threshold is not None:
             record.__dict__.pop(_CHECKOUT_INFO, None)
@@ -341,11 +343,8 @@ class QueuePool(Pool):
             logger.warning("a connection of %r was garbage collected without close(); "
                            "closing it (%s)", self.name, _reclaim_hint(self.name))
             record.invalidate()
-        self._put_back(record)
-
-    def _put_back(self, record: ConnectionPoolEntry) -> None:
-        """A record is back (an invalidated one too: it reconnects at its next
-        checkout): to the oldest waiter, else kept, else closed."""
+        # Back (an invalidated entry too: it reconnects at its next checkout):
+        # to the oldest waiter, else kept, else closed.
         with self._lock:
             waiters = self._waiters
             while waiters and not self._closed:
