@@ -194,7 +194,7 @@ def disable_constraint_checking(wrapped: Any, instance: Any, args: tuple, kwargs
     try:
         disabled = wrapped(*args, **kwargs)
     except BaseException:
-        _unpin(instance, d)
+        _unpin(instance, d, healthy=False)  # checks may be off on it: never pooled
         raise
     if disabled:
         d[FK_PINS] = d.get(FK_PINS, 0) + 1
@@ -205,8 +205,11 @@ def disable_constraint_checking(wrapped: Any, instance: Any, args: tuple, kwargs
 
 def enable_constraint_checking(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
     d = instance.__dict__
+    healthy = False  # checks may still be off if turning them on failed: never pooled
     try:
-        return wrapped(*args, **kwargs)
+        result = wrapped(*args, **kwargs)
+        healthy = True
+        return result
     finally:
         held = d.get(FK_PINS, 0)
         if held:
@@ -214,10 +217,10 @@ def enable_constraint_checking(wrapped: Any, instance: Any, args: tuple, kwargs:
                 d[FK_PINS] = held - 1
             else:
                 del d[FK_PINS]
-            _unpin(instance, d)
+            _unpin(instance, d, healthy)
 
 
-def _unpin(db: Any, d: dict) -> None:
+def _unpin(db: Any, d: dict, healthy: bool = True) -> None:
     depth = d.get(PINS, 1) - 1
     if depth > 0:
         d[PINS] = depth
@@ -225,7 +228,7 @@ def _unpin(db: Any, d: dict) -> None:
     d.pop(PINS, None)
     state = d.get(TX)
     if state is not None:
-        _park_if_idle(db, d, state)
+        _park_if_idle(db, d, state, healthy)
 
 
 def make_cursor(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
@@ -275,14 +278,14 @@ def _detach(state: _TxState) -> None:
     state.cursors.clear()
 
 
-def _park_if_idle(db: Any, d: dict, state: _TxState) -> None:
+def _park_if_idle(db: Any, d: dict, state: _TxState, healthy: bool = True) -> None:
     if (db.in_atomic_block or not db.autocommit or d.get(CONNECTING) or d.get(PINS)
             or state.stream is not None or db.connection is None):
         return
     status = _server_status(db)
     if status is not None and status & SERVER_STATUS_IN_TRANS:
         return  # a raw BEGIN's transaction: held until a statement ends it
-    _park(db, d, state, healthy=True)
+    _park(db, d, state, healthy=healthy)
 
 
 def _park(db: Any, d: dict, state: _TxState, healthy: bool) -> None:
