@@ -91,6 +91,42 @@ def test_burst_then_gradual_retirement_to_core(elastic):
         time.sleep(0.05)
 
 
+def test_with_max_overflow_a_burst_up_to_the_cap_stays_then_retires_to_pool_size(server):
+    # DjangoQueuePool with max_overflow > 0: the burst's overflow connections
+    # are kept on return (not closed as QueuePool's are), then retired one per
+    # round down to pool_size (the default core).
+    server.create_database(DB)
+    pool = {"django_pool_class": "autopool.pool.DjangoQueuePool", "pool_size": 2, "max_overflow": 4,
+            "django_retire_interval": 0.2, "django_retire_quantity": 1, "timeout": 10}
+    try:
+        with mock.patch.dict(connections["default"].settings_dict, {"NAME": DB, "POOL": pool}):
+            connection.close()
+            release = threading.Event()
+            threads = hold(6, release)
+            assert server_count(server) == 6
+            release.set()
+            for t in threads:
+                t.join(10)
+            entry = next(registry.entries("default"))
+            counters = entry.pool.counters
+            # All kept on return: whatever closed since is retirement (a round may already be due).
+            assert counters.connections_closed == counters.connections_retired
+            assert entry.pool.opened() + counters.connections_retired == 6
+            counts = []
+
+            def stepped_down():
+                counts.append(server_count(server))
+                return (counts[-1] == 2 and entry.pool.opened() == 2,)
+
+            poll(stepped_down)
+            assert all(a >= b for a, b in zip(counts, counts[1:])), counts
+            assert counters.connections_retired == counters.connections_closed == 4
+            connection.close()
+            registry.dispose("default")
+    finally:
+        server.execute(f"DROP DATABASE IF EXISTS {DB}")
+
+
 def test_connections_in_use_are_never_retired(elastic):
     release = threading.Event()
     threads = hold(8, release)
