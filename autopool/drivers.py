@@ -72,6 +72,16 @@ class Driver:
 
     def prepare(self, conn: Any) -> None:
         """Once per new physical connection, before anyone uses it."""
+        self._note_home(conn)
+
+    def _note_home(self, conn: Any) -> None:
+        # The database the connection starts in: NAME, or one that OPTIONS
+        # (``db``, a ``read_default_file``'s ``database``) chose.
+        conn.__dict__[HOME_SCHEMA_ATTR] = self.schema(conn)
+
+    def home_schema(self, conn: Any) -> Schema:
+        """The database the connection was opened in (UNKNOWN if not tracked)."""
+        return conn.__dict__.get(HOME_SCHEMA_ATTR, UNKNOWN)
 
     def schema(self, conn: Any) -> Schema:
         """The connection's current database as the client tracked it, without a round trip.
@@ -192,6 +202,7 @@ class PyMySQLDriver(Driver):
             db = bytes(db).decode(getattr(conn, "encoding", None) or "utf-8", "surrogateescape")
         conn.__dict__[SCHEMA_ATTR] = db or None
         conn.__class__ = _schema_tracking_class(type(conn))
+        self._note_home(conn)
 
     def schema(self, conn: Any) -> Schema:
         return conn.__dict__.get(SCHEMA_ATTR, UNKNOWN)
@@ -221,6 +232,7 @@ class PyMySQLDriver(Driver):
 
 
 SCHEMA_ATTR = "_autopool_schema"  # PyMySQL: the current database, from session tracking
+HOME_SCHEMA_ATTR = "_autopool_home_schema"  # the database a connection was opened in
 
 
 def tracked_schema(message: Optional[bytes]) -> Optional[bytes]:

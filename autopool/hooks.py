@@ -311,13 +311,17 @@ def restore_database(entry: Any, driver: "drivers.Driver", conn: Any) -> bool:
 
     The driver reads the current database from the server's session tracking
     without a round trip; only a connection that changed it pays one
-    (``select_db``). An alias without NAME cannot go back to "no database":
-    such a connection is closed instead.
+    (``select_db``). Its own database is the one it was opened in: NAME, or
+    the one OPTIONS chose (``db``, a ``read_default_file``). A connection
+    opened in no database cannot go back to "no database": one that chose
+    a database is closed instead.
     """
     current = driver.schema(conn)
     if current is drivers.UNKNOWN:
         return True
-    expected = entry.params.get("database") or None
+    expected = driver.home_schema(conn)
+    if expected is drivers.UNKNOWN:
+        expected = entry.params.get("database") or None
     if current == expected:
         return True
     if expected is None:

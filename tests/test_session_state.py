@@ -171,6 +171,23 @@ def test_an_alias_without_name_never_hands_on_a_database(server: Server) -> None
         conn.close()
 
 
+def test_a_database_chosen_by_a_defaults_file_is_the_connections_own(server: Server, tmp_path: Any) -> None:
+    """NAME empty, the database in OPTIONS["read_default_file"] (Django's documented set-up): kept and
+    restored like NAME, never closed for being "not NAME"."""
+    cnf = tmp_path / "my.cnf"
+    cnf.write_text(f"[client]\ndatabase = {DB}\n")
+    with pooled("ss_cnf", server, ONE, NAME="", OPTIONS={"charset": "utf8mb4", "read_default_file": str(cnf)}) as conn:
+        first = conn_id(conn)
+        assert one(conn, "SELECT DATABASE()")[0] == DB
+        conn.close()
+        assert conn_id(conn) == first
+        one(conn, f"USE {OTHER_DB}")
+        conn.close()
+        assert one(conn, "SELECT DATABASE()")[0] == DB
+        assert conn_id(conn) == first
+        conn.close()
+
+
 def test_the_driver_tracks_the_database_without_asking_the_server(server: Server) -> None:
     """The client-side tracking autopool relies on: the driver reports every change, no query made."""
     with pooled("ss_track", server, ONE) as conn:
