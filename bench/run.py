@@ -1032,7 +1032,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="only the README quickstart POOL (5+10) at 9 concurrent clients: QueuePool on "
                              "both drivers, DjangoQueuePool on mysqlclient")
     parser.add_argument("--output", default=str(RESULTS / "latest.md"), help="Markdown report path")
+    parser.add_argument("--asgi", action="store_true", help="the ASGI benchmark instead (bench/asgi.py: uvicorn; "
+                                                            "--quick/--duration/--repeats apply)")
     args = parser.parse_args(argv)
+    if args.asgi:
+        from bench import asgi
+
+        return asgi.main(["--quick"] * args.quick + ["--duration", str(args.duration)] * bool(args.duration)
+                         + ["--repeats", str(args.repeats)] * bool(args.repeats))
 
     if args.demo:
         configs = ["stock", "persistent", "autopool"]

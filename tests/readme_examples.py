@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import re
 import sys
-import types
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 from tests.scenario_main import main
 
@@ -266,50 +265,9 @@ def scenario_gunicorn_shutdown(params: Dict[str, Any]) -> Dict[str, Any]:
             "after_pre_fork": _idle_and_sessions()}
 
 
-def scenario_uwsgi(params: Dict[str, Any]) -> Dict[str, Any]:
-    """Under uWSGI: its ``uwsgi`` module (a stand-in here) gets autopool.dispose as atexit."""
-    _open_pool()
-    import autopool
-
-    fake = types.ModuleType("uwsgi")
-    sys.modules["uwsgi"] = fake
-    exec_example("uwsgi", {"autopool": autopool})  # wsgi.py has imported autopool
-    hooked = getattr(fake, "atexit", None) is autopool.dispose
-    before = _idle_and_sessions()
-    fake.atexit()  # what uWSGI calls as the worker exits
-    return {"hooked": hooked, "before": before, "after": _idle_and_sessions()}
-
-
-class _Signal:
-    """The part of ``celery.signals.worker_process_shutdown`` the example uses."""
-
-    def __init__(self) -> None:
-        self.receivers: List[Callable[..., Any]] = []
-
-    def connect(self, func: Callable[..., Any]) -> Callable[..., Any]:
-        self.receivers.append(func)
-        return func
-
-    def send(self, sender: Any = None, **kwargs: Any) -> None:
-        for receiver in self.receivers:
-            receiver(signal=self, sender=sender, **kwargs)
-
-
-def scenario_celery(params: Dict[str, Any]) -> Dict[str, Any]:
-    _open_pool()
-    try:
-        from celery.signals import worker_process_shutdown
-    except ImportError:  # not a test dependency: the signal's contract is connect() + send(**kwargs)
-        worker_process_shutdown = _Signal()
-        celery = types.ModuleType("celery")
-        signals = types.ModuleType("celery.signals")
-        signals.worker_process_shutdown = worker_process_shutdown  # type: ignore[attr-defined]
-        celery.signals = signals  # type: ignore[attr-defined]
-        sys.modules.update({"celery": celery, "celery.signals": signals})
-    exec_example("celery")
-    before = _idle_and_sessions()
-    worker_process_shutdown.send(sender=None, pid=0, exitcode=0)
-    return {"before": before, "after": _idle_and_sessions()}
+# The uWSGI and Celery recipes run inside a real uWSGI server and a real Celery worker:
+# tests/uwsgi_app.py and tests/celeryapp.py execute them as documented (tests/test_uwsgi.py,
+# tests/test_celery.py).
 
 
 def scenario_multi_host(params: Dict[str, Any]) -> Dict[str, Any]:

@@ -238,3 +238,31 @@ class ServerCounters:
 
     def close(self) -> None:
         self.conn.close()
+
+
+# -- a throw-away Redis (the Celery tests' broker) ---------------------------------------------------
+
+def start_redis(directory: Path) -> Tuple[Process, int]:
+    """redis-server (Debian's package) on a free port, no persistence, in ``directory``."""
+    import shutil
+
+    binary = shutil.which("redis-server", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/bin",
+                                                                 "/usr/sbin"]))
+    if binary is None:
+        raise FileNotFoundError("redis-server not found: apt-get install redis-server (scripts/bootstrap.sh)")
+    for _ in range(5):
+        port = free_port()
+        proc = Process([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                        "--dir", str(directory), "--daemonize", "no"], directory / f"redis-{port}.log",
+                       cwd=directory)
+        deadline = time.monotonic() + 20
+        while proc.alive() and time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(64).startswith(b"+PONG"):
+                        return proc, port
+            except OSError:
+                time.sleep(0.05)
+        proc.stop()
+    raise RuntimeError(f"redis-server did not start:\n{proc.output()[-2000:]}")

@@ -78,14 +78,8 @@ def test_gunicorn_shutdown_hooks(run):
     assert r["before_pre_fork"] == [1, 1] and r["after_pre_fork"] == [0, 0]
 
 
-def test_uwsgi_hook(run):
-    r = run("uwsgi")
-    assert r["hooked"] and r["before"] == [1, 1] and r["after"] == [0, 0]
-
-
-def test_celery_hook(run):
-    r = run("celery")
-    assert r["before"] == [1, 1] and r["after"] == [0, 0]
+# The uWSGI and Celery recipes: run in a real server and worker by tests/test_uwsgi.py and
+# tests/test_celery.py.
 
 
 def test_multi_host(run, mariadb):

@@ -1,4 +1,6 @@
 """The example's views: each one is a typical single-query request."""
+import os
+
 from django.conf import settings
 from django.db import connection
 from django.http import Http404, JsonResponse
@@ -27,9 +29,9 @@ def sleep(request):
         ms = 50
     ms = min(max(ms, 0), MAX_SLEEP_MS)
     with connection.cursor() as cursor:
-        cursor.execute("SELECT SLEEP(%s)", [ms / 1000])
-        cursor.fetchall()
-    return JsonResponse({"slept_ms": ms})
+        cursor.execute("SELECT SLEEP(%s), CONNECTION_ID()", [ms / 1000])
+        ((_, connection_id),) = cursor.fetchall()
+    return JsonResponse({"slept_ms": ms, "connection_id": connection_id, "pid": os.getpid()})
 
 
 def cid(request):
@@ -37,12 +39,12 @@ def cid(request):
     with connection.cursor() as cursor:
         cursor.execute("SELECT CONNECTION_ID()")
         (connection_id,) = cursor.fetchone()
-    return JsonResponse({"connection_id": connection_id})
+    return JsonResponse({"connection_id": connection_id, "pid": os.getpid()})
 
 
 def stats(request):
     """``autopool.stats()`` of this worker process (no database access)."""
-    return JsonResponse({"mode": settings.MODE, "driver": settings.DRIVER,
+    return JsonResponse({"mode": settings.MODE, "driver": settings.DRIVER, "pid": os.getpid(),
                          "pools": autopool.stats()})
 
 
