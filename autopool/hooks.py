@@ -85,7 +85,16 @@ def get_new_connection(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -
     d[OWNER] = id(instance)
     d[REUSED] = rec.info.get(INIT) is conn
     if entry.config.reset_session and SETUP not in rec.info:
-        rec.info[SETUP] = entry.driver.session_setup(conn, conn_params)
+        try:
+            # Reads the login role: a round trip, once per physical connection.
+            rec.info[SETUP] = entry.driver.session_setup(conn, conn_params)
+        except BaseException:
+            d.pop(LEASE, None)
+            d.pop(OWNER, None)
+            d.pop(REUSED, None)
+            d.pop(HOLDER, None)
+            discard(fairy)  # never half set up in the pool
+            raise
     if entry.server_data is not None and "mysql_server_data" not in d:
         d["mysql_server_data"] = entry.server_data
     return conn

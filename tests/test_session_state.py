@@ -338,3 +338,24 @@ def test_reset_session_restores_the_default_role(server: Server, role_user: Dict
         conn.close()
         assert one(conn, "SELECT CURRENT_ROLE()")[0] == ROLE
         assert conn_id(conn) == first
+
+
+def test_a_failed_session_set_up_leaves_nothing_checked_out(server: Server) -> None:
+    """reset_session reads the login role at the first checkout; if that fails, the connection
+    is closed, the error reaches the caller, and the pool serves on."""
+    from unittest import mock
+
+    from django.db import OperationalError
+
+    with pooled("ss_setup", server, dict(ONE, reset_session=True)) as conn:
+        conn_id(conn)
+        conn.close()
+        autopool.dispose("ss_setup")  # the next checkout opens a fresh connection
+        broken = OperationalError(2013, "Lost connection to server during query")
+        with mock.patch.object(drivers.Driver, "_role_statement", side_effect=broken):
+            with pytest.raises(OperationalError):
+                conn.ensure_connection()
+        pool = the_entry("ss_setup").pool
+        assert pool.checkedout() == 0
+        assert one(conn, "SELECT DATABASE()")[0] == DB  # the pool serves on
+        conn.close()
