@@ -48,7 +48,8 @@ import os
 import sys
 import threading
 import weakref
-from typing import Any, Callable, List
+from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import event
 
@@ -62,11 +63,11 @@ LOCK_TIMEOUT = 5.0
 _track_lock = threading.Lock()
 # Every DB-API connection autopool opened in this process (pools, multi-host probes, the replica
 # monitor) and every pool record: what a child must neutralize and what a fork must hold.
-_connections: "weakref.WeakSet[Any]" = weakref.WeakSet()
-_records: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_connections: weakref.WeakSet[Any] = weakref.WeakSet()
+_records: weakref.WeakSet[Any] = weakref.WeakSet()
 # Between before() and the after-fork handlers: the locks taken, the fairies held.
-_acquired: List[Any] = []
-_held: List[Any] = []
+_acquired: list[Any] = []
+_held: list[Any] = []
 
 
 # -- tracking (once per physical connection, never per checkout) -------------------------------------
@@ -101,9 +102,9 @@ def _module(name: str) -> Any:
     return sys.modules.get(f"{__package__}.{name}")
 
 
-def _locks() -> List[Any]:
+def _locks() -> list[Any]:
     """The locks guarding per-process state, in the order the code takes them."""
-    locks: List[Any] = []
+    locks: list[Any] = []
     routers = _module("routers")
     if routers is not None:
         locks.append(routers._monitor_lock)  # monitor() registers with housekeeping under it
@@ -192,7 +193,7 @@ def fileno(conn: Any) -> int | None:
     return fd if isinstance(fd, int) and fd >= 0 else None
 
 
-def neutralize(connections: List[Any]) -> int:
+def neutralize(connections: list[Any]) -> int:
     """Point each connection's descriptor at /dev/null (in this process only); return how many."""
     devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     count = 0
@@ -211,7 +212,7 @@ def neutralize(connections: List[Any]) -> int:
     return count
 
 
-def _forget_checkouts(fairies: List[Any]) -> None:
+def _forget_checkouts(fairies: list[Any]) -> None:
     """Connections checked out at fork time leave their wrappers and their (forgotten) pools."""
     if not fairies:
         return
@@ -243,7 +244,7 @@ def _forget_checkouts(fairies: List[Any]) -> None:
             fairy.detach()
 
 
-def _wrappers_of(fairies: List[Any], leases: Any) -> List[Any]:
+def _wrappers_of(fairies: list[Any], leases: Any) -> list[Any]:
     """The Django wrappers holding ``fairies``: through each checkout's lease, and this thread's own."""
     wrappers = []
     for fairy in fairies:

@@ -22,7 +22,8 @@ import select
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List
+from collections.abc import Callable
+from typing import Any
 
 # In the child, CPython frees other threads' thread-local data (the holder thread's Django wrapper)
 # before any after-fork handler runs. The wrapper is in reference cycles, so it is really freed at the
@@ -55,7 +56,7 @@ def setup(name: str) -> Any:
     server = Server.from_env_or_start()
     server.create_database(DB)
     replica = djsettings.database(server, DB, {"pool_size": 1, "replica_of": "default", "max_replica_lag": 5})
-    pool: Dict[str, Any] = dict(POOL)
+    pool: dict[str, Any] = dict(POOL)
     if name == "hosts":  # a multi-host alias: connections come through hosts.HostSet, which probes too
         pool.update(hosts=[f"{server.host}:{server.port}"])
     default = djsettings.database(server, DB, pool)
@@ -84,11 +85,11 @@ class Parent:
 
     def __init__(self, server: Any) -> None:
         self.server = server
-        self.problems: List[str] = []
-        self.errors: List[BaseException] = []
+        self.problems: list[str] = []
+        self.errors: list[BaseException] = []
         self.release = threading.Event()
         self.holder_ready = threading.Event()
-        self.holder_ids: List[int] = []
+        self.holder_ids: list[int] = []
         self.idle_ids = self._fill_pool()
         self.main_id = connection_id()  # checked out by this thread until the end
         self.holder = threading.Thread(target=self._hold, name="holder", daemon=True)
@@ -102,13 +103,13 @@ class Parent:
 
         self.housekeeping_stop = housekeeping._stop
 
-    def _fill_pool(self) -> List[int]:
+    def _fill_pool(self) -> list[int]:
         """IDLE + 2 sessions opened at once, all returned: the pool holds them idle."""
         from django.db import connection
 
         n = IDLE + 2
         barrier = threading.Barrier(n)
-        ids: List[int] = []
+        ids: list[int] = []
 
         def work() -> None:
             try:
@@ -144,8 +145,9 @@ class Parent:
         """After the child: every session of the parent answers, the server lists them all."""
         from django.db import connection
 
+        ids = ",".join(map(str, self.ids))
         listed = {int(r[0]) for r in self.server.execute(
-            "SELECT ID FROM information_schema.PROCESSLIST WHERE ID IN (%s)" % ",".join(map(str, self.ids)))}
+            f"SELECT ID FROM information_schema.PROCESSLIST WHERE ID IN ({ids})")}
         if listed != self.ids:
             self.problems.append(f"sessions gone from the server's PROCESSLIST: {sorted(self.ids - listed)}")
         try:
@@ -171,8 +173,8 @@ class Parent:
 
         n = IDLE + 2
         barrier = threading.Barrier(n)
-        ids: List[int] = []
-        errors: List[str] = []
+        ids: list[int] = []
+        errors: list[str] = []
 
         def work() -> None:
             try:
@@ -206,11 +208,11 @@ class Parent:
 
 
 # -- what the child does --------------------------------------------------------------------------
-def child_exit(parent: Parent) -> Dict[str, Any]:
+def child_exit(parent: Parent) -> dict[str, Any]:
     return {}
 
 
-def child_use(parent: Parent) -> Dict[str, Any]:
+def child_use(parent: Parent) -> dict[str, Any]:
     """The main thread's wrapper held a connection at fork time: its next query gets a new session."""
     from autopool import registry
 
@@ -228,14 +230,14 @@ def child_use(parent: Parent) -> Dict[str, Any]:
     return {"child_id": cid, "problems": problems}
 
 
-def child_raise(parent: Parent) -> Dict[str, Any]:
+def child_raise(parent: Parent) -> dict[str, Any]:
     """Uses the database, then dies of an exception; atexit collects garbage on the way out."""
     result = child_use(parent)
     atexit.register(gc.collect)
     return result
 
 
-def child_atomic(parent: Parent) -> Dict[str, Any]:
+def child_atomic(parent: Parent) -> dict[str, Any]:
     """Forked inside the parent's transaction.atomic(): the child can neither use nor commit it."""
     from django.db import connection, transaction
 
@@ -263,7 +265,7 @@ def child_atomic(parent: Parent) -> Dict[str, Any]:
     return {"child_id": cid, "problems": problems}
 
 
-def child_monitor(parent: Parent) -> Dict[str, Any]:
+def child_monitor(parent: Parent) -> dict[str, Any]:
     from autopool import routers
 
     problems = []
@@ -285,7 +287,7 @@ def child_monitor(parent: Parent) -> Dict[str, Any]:
     return {"child_id": cid, "problems": problems}
 
 
-CHILDREN: Dict[str, Callable[[Parent], Dict[str, Any]]] = {
+CHILDREN: dict[str, Callable[[Parent], dict[str, Any]]] = {
     "exit": child_exit, "use": child_use, "raise": child_raise, "atomic": child_atomic,
     "monitor": child_monitor, "hosts": child_use,
 }
@@ -313,7 +315,7 @@ def in_child(name: str, parent: Parent, write_fd: int) -> None:
     sys.exit(0)
 
 
-def read_report(read_fd: int, pid: int) -> Dict[str, Any]:
+def read_report(read_fd: int, pid: int) -> dict[str, Any]:
     chunks, deadline = [], time.monotonic() + CHILD_TIMEOUT
     while True:
         ready, _, _ = select.select([read_fd], [], [], max(deadline - time.monotonic(), 0))
@@ -341,7 +343,7 @@ def reap(pid: int) -> int:
         time.sleep(0.01)
 
 
-def run(name: str) -> Dict[str, Any]:
+def run(name: str) -> dict[str, Any]:
     from django.db import transaction
 
     server = setup(name)
@@ -448,7 +450,7 @@ def run_siblings(parent: Parent) -> Any:
     return report, code
 
 
-def _mp_child(parent_ids: List[int], conn: Any) -> None:
+def _mp_child(parent_ids: list[int], conn: Any) -> None:
     cid = connection_id()
     conn.send({"child_id": cid,
                "problems": [f"the child got one of the parent's sessions ({cid})"] if cid in parent_ids else []})

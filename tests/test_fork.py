@@ -13,7 +13,8 @@ import json
 import os
 import subprocess
 import sys
-from typing import Any, Callable, Dict
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -30,8 +31,8 @@ SCENARIOS = {
 
 
 @pytest.fixture
-def scenario(mariadb: Any) -> Callable[..., Dict[str, Any]]:
-    def run(name: str, gevent: bool) -> Dict[str, Any]:
+def scenario(mariadb: Any) -> Callable[..., dict[str, Any]]:
+    def run(name: str, gevent: bool) -> dict[str, Any]:
         prefix = ["-m", "gevent.monkey", "--module"] if gevent else ["-m"]
         proc = subprocess.run([sys.executable, *prefix, "tests.fork_scenarios", name],
                               capture_output=True, text=True, timeout=300,
