@@ -20,6 +20,10 @@ import pytest
 
 from tests.mariadb import Server
 
+# Every case runs in processes of its own, the same whether pytest is gevent-patched or not: the
+# plain runs of scripts/test.sh cover them.
+pytestmark = pytest.mark.gevent_subprocess
+
 ROOT = Path(__file__).resolve().parent.parent
 DB_NAME = "autopool_advice"
 
