@@ -130,11 +130,18 @@ def before() -> None:
             _acquired.append(lock)
         else:
             logger.warning("fork(): a lock of autopool stayed held for %s s; forking without it", LOCK_TIMEOUT)
+    _held.extend(_checked_out())
+
+
+def _checked_out() -> list[Any]:
+    """The fairies of the records checked out now."""
+    fairies = []
     for record in list(_records):
         ref = record.fairy_ref
         fairy = ref() if ref is not None else None
         if fairy is not None:
-            _held.append(fairy)
+            fairies.append(fairy)
+    return fairies
 
 
 def after_in_parent() -> None:
@@ -150,7 +157,8 @@ def _release_acquired() -> None:
 
 def after_in_child() -> None:
     global _track_lock, _connections, _records
-    held = list(_held)
+    # Also what is checked out now: a C-level fork (an embedding server) may have skipped before().
+    held = list({id(f): f for f in [*_held, *_checked_out()]}.values())
     _held.clear()
     # This thread took the pools' locks before the fork: released here, so that the held fairies can
     # leave their (forgotten) pools below. The module locks are replaced by their modules.
