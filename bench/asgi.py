@@ -88,6 +88,8 @@ class Result:
     leftover_sessions: int = 0
     new_connections: int = 0
     commands_per_request: float = float("nan")
+    uvicorn_cpu_ms_per_request: float = float("nan")
+    server_cpu_ms_per_request: float = float("nan")
     note: str = ""
 
 
@@ -152,6 +154,8 @@ def one_run(server: Server, monitor: base.Monitor, config: str, workload: str, r
         script = tmp / f"wrk-{workload}.lua"
         script.write_text(LUA.replace("__PREFIX__", prefix).replace("__MAX_ID__", str(base.SEED_ROWS)))
         run_wrk(port, script, 1)  # warm-up under load: the pool grows to its size before the counters start
+        server_pids = [server.pid] if server.pid else []
+        ucpu0, scpu0 = base.cpu_seconds([proc.pid]), base.cpu_seconds(server_pids)
         q0, a0, c0 = monitor.counters()
         monitor.start_sampling()
         try:
@@ -159,6 +163,7 @@ def one_run(server: Server, monitor: base.Monitor, config: str, workload: str, r
         finally:
             res.peak_sessions = monitor.stop_sampling()
         q1, a1, c1 = monitor.counters()
+        ucpu1, scpu1 = base.cpu_seconds([proc.pid]), base.cpu_seconds(server_pids)
         time.sleep(LEAK_WAIT)  # still serving nothing: what stays connected is kept, not in flight
         res.leftover_sessions = monitor.threads_connected() - monitor.run_baseline
         if proc.poll() is not None:
@@ -172,12 +177,17 @@ def one_run(server: Server, monitor: base.Monitor, config: str, workload: str, r
     res.new_connections = c1 - c0
     if res.requests:
         res.commands_per_request = ((q1 - q0) + (a1 - a0)) / res.requests
+        # CPU time per request: far less disturbed than req/s by other load on the machine.
+        res.uvicorn_cpu_ms_per_request = 1000 * (ucpu1 - ucpu0) / res.requests
+        if server_pids:
+            res.server_cpu_ms_per_request = 1000 * (scpu1 - scpu0) / res.requests
     return res
 
 
 def summary(results: List[Result], configs: List[str], workloads: List[str]) -> str:
     lines = ["| workload | configuration | req/s | vs stock | p99 ms | peak sessions | sessions 5 s after "
-             "| new connections/req | commands/req | errors |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| new connections/req | commands/req | uvicorn CPU ms/req | MariaDB CPU ms/req | errors |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for wk in workloads:
         base_rps = statistics.median([r.rps for r in results if r.workload == wk and r.config == "stock"] or [0])
         for ck in configs:
@@ -194,6 +204,8 @@ def summary(results: List[Result], configs: List[str], workloads: List[str]) -> 
                 f"| {min(r.leftover_sessions for r in rs)}-{max(r.leftover_sessions for r in rs)} "
                 f"| {sum(r.new_connections for r in rs) / reqs if reqs else float('nan'):.3f} "
                 f"| {min(r.commands_per_request for r in rs):.2f}-{max(r.commands_per_request for r in rs):.2f} "
+                f"| {statistics.median(r.uvicorn_cpu_ms_per_request for r in rs):.2f} "
+                f"| {statistics.median(r.server_cpu_ms_per_request for r in rs):.2f} "
                 f"| {sum(r.errors for r in rs)} |")
     return "\n".join(lines)
 
@@ -239,7 +251,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                     results.append(r)
                     base.log(f"    rep {rep + 1} {wk:<6} {ck:<11} {r.rps:8,.0f} req/s  p99 {r.p99_ms:7.1f} ms  "
                              f"peak {r.peak_sessions:4}  after 5 s {r.leftover_sessions:4}  "
-                             f"commands/req {r.commands_per_request:5.2f}  errors {r.errors}  {r.note}")
+                             f"commands/req {r.commands_per_request:5.2f}  cpu ms/req uvicorn "
+                             f"{r.uvicorn_cpu_ms_per_request:.2f} server {r.server_cpu_ms_per_request:.2f}  "
+                             f"errors {r.errors}  {r.note}")
         import uvicorn
 
         table = summary(results, configs, workloads)
@@ -250,7 +264,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             f"- {base._versions()}",
             f"- Load average at the start: {load_before}; at the end: {base._loadavg()} (a busy machine "
             "lowers and scatters req/s; the session and command counts do not depend on it).",
-            "- req/s and p99: median over repetitions; sessions and commands/req: min-max.", "", table, ""])
+            "- req/s, p99 and CPU ms/req (user+system time of the uvicorn process and of mariadbd over the "
+            "load, per request): median over repetitions; sessions and commands/req: min-max.", "", table, ""])
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
