@@ -45,7 +45,7 @@ skip_list() {
 GALERA=${AUTOPOOL_TEST_GALERA:-1}
 unset AUTOPOOL_TEST_GALERA
 # tests/test_galera.py runs once, below (AUTOPOOL_TEST_GALERA=1), not in these four runs.
-PYTEST=(-m pytest tests -q -p no:cacheprovider -rs --ignore=tests/test_galera.py "$@")
+PYTEST=(-m pytest tests -q -p no:cacheprovider -rfEs --ignore=tests/test_galera.py "$@")
 # Tests marked gevent_subprocess run a fresh monkey-patched subprocess: the same run whether pytest
 # itself is patched or not, so the gevent runs deselect them (they run in both plain runs).
 NOT_SUBPROCESS=(-m "not gevent_subprocess")
@@ -61,7 +61,7 @@ run "pymysql+gevent" env AUTOPOOL_TEST_DRIVER=pymysql "$PY" -m gevent.monkey --m
 # load already runs in a gevent-patched subprocess, so one run covers it. AUTOPOOL_TEST_GALERA=0 skips.
 if [ "$GALERA" != 0 ]; then
     run "galera" env AUTOPOOL_TEST_GALERA=1 AUTOPOOL_TEST_DRIVER=mysqlclient "$PY" -m pytest tests/test_galera.py \
-        -q -p no:cacheprovider -rs "$@"
+        -q -p no:cacheprovider -rfEs "$@"
 fi
 
 # Django's own test suite for the database layer, stock and then with autopool installed
