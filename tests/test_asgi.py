@@ -16,6 +16,9 @@ from tests.servers import (BIN, Process, ServerCounters, SessionSampler, free_po
                            prepare_example_db, sessions, wait_for)
 from tests.servers import example_env
 
+# The server tests run separate processes, unaffected by the pytest process's own gevent patching:
+# scripts/test.sh runs them in the plain runs only.
+server_process = pytest.mark.gevent_subprocess
 DB = "autopool_asgi_test"
 POOL_SIZE = 4
 ROWS = 20
@@ -61,6 +64,7 @@ def ok(port: int, path: str) -> Any:
     return body
 
 
+@server_process
 def test_views_pooled_capped_and_disposed_at_exit(asgi: Dict[str, Any], mariadb: Any) -> None:
     port, proc = asgi["port"], asgi["proc"]
     # The ORM's async API and a sync view, served by the same process.
@@ -139,6 +143,7 @@ def hang_up_mid_query(port: int, path: str, mariadb: Any) -> None:
         sock.close()
 
 
+@server_process
 @pytest.mark.parametrize("view", ["/async/sleep", "/sleep"])
 def test_client_hanging_up_mid_query_leaves_no_connection_behind(asgi: Dict[str, Any], mariadb: Any,
                                                                  view: str) -> None:

@@ -44,14 +44,14 @@ def example_db(mariadb: Any) -> Iterator[str]:
     mariadb.execute(f"DROP DATABASE IF EXISTS {DB}")
 
 
-def start_uwsgi(mariadb: Any, tmp_path: Path, *options: str, preload_query: bool = False,
+def start_uwsgi(mariadb: Any, tmp_path: Path, *options: str, preload_query: str = "",
                 pool_size: int = POOL_SIZE) -> Dict[str, Any]:
     port = free_port()
     cid_file = tmp_path / "master-cid"
     env = example_env(mariadb, DB, djsettings.DRIVER, pool_size=pool_size,
                       AUTOPOOL_TEST_MASTER_CID_FILE=str(cid_file))
     if preload_query:
-        env["AUTOPOOL_TEST_PRELOAD_QUERY"] = "1"
+        env["AUTOPOOL_TEST_PRELOAD_QUERY"] = preload_query
     cmd = [str(UWSGI), "--http-socket", f"127.0.0.1:{port}", "--master", "--need-app",
            "--home", str(Path(BIN).parent), "--chdir", str(ROOT), "--module", "tests.uwsgi_app:application",
            "--pidfile", str(tmp_path / "uwsgi.pid"), "--worker-reload-mercy", "30", "--reload-mercy", "30",
@@ -141,7 +141,8 @@ PREFORK = [
 def test_prefork_workers_pooled_capped_recycled_reloaded_and_disposed(example_db: str, mariadb: Any,
                                                                       tmp_path: Path, options: List[str],
                                                                       preload: bool) -> None:
-    run = start_uwsgi(mariadb, tmp_path, "--processes", str(WORKERS), *options, preload_query=preload)
+    run = start_uwsgi(mariadb, tmp_path, "--processes", str(WORKERS), *options,
+                      preload_query="after" if preload else "")
     port, proc, master_cid = run["port"], run["proc"], run["master_cid"]
     counters = ServerCounters(mariadb)
     try:
@@ -236,3 +237,28 @@ def test_gevent_loop_engine_pooled_capped_one_command_per_request(example_db: st
         finally:
             counters.close()
     assert shutdown["Aborted_clients"] == 0, shutdown
+
+
+def test_documented_recipe_leaves_no_session_in_the_master(example_db: str, mariadb: Any, tmp_path: Path) -> None:
+    """The app queries while loading, in the master (no --lazy-apps, no --py-call-osafterfork), then
+    the documented recipe runs at the end of wsgi.py: the master must hold no session (none to
+    inherit, none to abort when it re-executes on a reload or exits)."""
+    run = start_uwsgi(mariadb, tmp_path, "--processes", str(WORKERS), preload_query="before")
+    port, proc, master_cid = run["port"], run["proc"], run["master_cid"]
+    counters = ServerCounters(mariadb)
+    try:
+        assert master_cid not in live_ids(mariadb), "the master kept the session it opened while loading"
+        by_worker = sessions_by_worker(port, WORKERS)
+        assert len(set().union(*by_worker.values())) >= WORKERS  # each worker on sessions of its own
+        proc.send_signal(signal.SIGHUP)  # a graceful reload of the whole instance
+        wait_for(lambda: proc.output().count("spawned uWSGI worker") >= 2 * WORKERS, 60,
+                 "the workers respawned after the reload")
+        sessions_by_worker(port, WORKERS)
+    finally:
+        try:
+            stop_uwsgi(run)
+            wait_for(lambda: sessions(mariadb, DB) == 0, 15, "no session left after shutdown")
+            d = counters.delta()
+        finally:
+            counters.close()
+    assert d["Aborted_clients"] == 0, d

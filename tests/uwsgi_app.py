@@ -1,7 +1,7 @@
 """The WSGI module tests/test_uwsgi.py serves with a real uWSGI: example_project, plus the documented
 uWSGI shutdown recipe (``uwsgi.atexit = autopool.dispose``) executed as the documentation writes it.
 
-``AUTOPOOL_TEST_PRELOAD_QUERY=1``: one query while the module loads, as an app that touches the
+``AUTOPOOL_TEST_PRELOAD_QUERY=before|after`` (the recipe): one query while the module loads, as an app that touches the
 database at import does. Without ``--lazy-apps`` that runs in the uWSGI master, before it forks
 the workers: the master then holds a pooled session that the workers inherit, and whose
 ``CONNECTION_ID()`` is written to ``AUTOPOOL_TEST_MASTER_CID_FILE``.
@@ -26,9 +26,8 @@ application = get_wsgi_application()
 
 from tests.docs_recipes import recipe  # noqa: E402
 
-exec(compile(*recipe("import uwsgi"), "exec"), {"autopool": autopool})
 
-if os.environ.get("AUTOPOOL_TEST_PRELOAD_QUERY") == "1":
+def _preload_query() -> None:
     from django.db import connection
 
     with connection.cursor() as cursor:
@@ -36,3 +35,13 @@ if os.environ.get("AUTOPOOL_TEST_PRELOAD_QUERY") == "1":
         (cid,) = cursor.fetchone()
     connection.close()  # back to this process's pool: idle, and inherited by forked workers
     Path(os.environ["AUTOPOOL_TEST_MASTER_CID_FILE"]).write_text(f"{os.getpid()} {cid}\n")
+
+
+# "before": the query runs before the recipe, as in a wsgi.py that ends with it (the documented
+# place); "after": after it, so the master keeps its session whatever the recipe does.
+PRELOAD = os.environ.get("AUTOPOOL_TEST_PRELOAD_QUERY", "")
+if PRELOAD == "before":
+    _preload_query()
+exec(compile(*recipe("import uwsgi"), "exec"), {"autopool": autopool})
+if PRELOAD == "after":
+    _preload_query()
