@@ -124,7 +124,7 @@ OPTIONS: Tuple[Option, ...] = (
     Option("hosts", None,
            "Several servers for this alias (a Galera cluster), as 'host:port' strings (port defaults to "
            "PORT, else 3306); one pool spans them and its caps apply to the sum. Needs connect_timeout "
-           "and read_timeout in OPTIONS. See 'Clusters and replicas' in the README."),
+           "and read_timeout in OPTIONS. See 'Clusters and replicas' (docs/clusters.rst)."),
     Option("host_policy", "failover",
            "With hosts: 'failover' (new connections go to the first healthy host in list order, and "
            "back once an earlier host is healthy again) or 'round_robin' (spread over healthy hosts)."),
