@@ -43,6 +43,9 @@ CUT_GRACE = 0.5
 # Writes landing on node1 again after it is Synced before the load stops: half a second or more of
 # its share of the traffic, so that requests started well after the failback are in the record.
 FAILBACK_WRITES = 300
+# Requests that start this long after autopool logged the node healthy again all go to it (the
+# log line's timestamp and the request's own start are taken in different greenlets).
+FAILBACK_MARGIN = 0.1
 
 
 @pytest.fixture(scope="module")
@@ -193,8 +196,9 @@ def test_sigkill_of_the_node_in_use_fails_over_and_back(cluster: Any, tmp_path: 
     first_back = min(r[1] for r in records if r[3] and r[4] == port and r[0] > t_kill)
     assert first_back >= t_synced - 0.5  # never before it was Synced again
     assert t_up - t_synced < 1.5
-    late = [r for r in records if r[0] > t_up + 0.5]
-    assert late and all(r[3] and r[4] == port for r in late), [r for r in late if r[4] != port][:5]
+    late = [r for r in records if r[0] > t_up + FAILBACK_MARGIN]
+    assert len(late) >= 50 and all(r[3] and r[4] == port for r in late), \
+        (len(late), [r for r in late if r[4] != port][:5])
     writes = check_writes_everywhere(cluster, records)
     summarize("sigkill", {
         "requests": len(records), "failed": len(failed), "acknowledged_writes": writes,
@@ -242,13 +246,15 @@ def test_isolated_node_serves_no_request(cluster: Any, tmp_path: Any) -> None:
     failed = [r for r in records if not r[3]]
     assert all(r[0] < t_down + 0.05 for r in failed), [r for r in failed if r[0] >= t_down + 0.05][:5]
     assert len(failed) <= POOL_SIZE, len(failed)  # README: those holding its connections
-    # Clean errors only: 1047 (node not ready), 1180/1213 (commit refused), 2006/2013 (connection lost).
-    assert all(r[5] in (1047, 1180, 1213, 2006, 2013) for r in failed), {r[5] for r in failed}
+    # Clean errors only: 1047 (node not ready), 1180/1213 (commit refused), 1205 (a write waiting on
+    # the cut-off node's locks gave up), 2006/2013 (connection lost).
+    assert all(r[5] in (1047, 1180, 1205, 1213, 2006, 2013) for r in failed), {r[5] for r in failed}
     assert t_down - t_nonprimary < 1.0
     first_elsewhere = min(r[1] for r in records if r[3] and r[4] != port and r[1] > t_isolate)
     assert first_elsewhere - t_nonprimary < 1.0 + (t_evicted - t_nonprimary)
-    late = [r for r in records if r[0] > t_up + 0.5]
-    assert late and all(r[3] and r[4] == port for r in late)
+    late = [r for r in records if r[0] > t_up + FAILBACK_MARGIN]
+    assert len(late) >= 50 and all(r[3] and r[4] == port for r in late), \
+        (len(late), [r for r in late if r[4] != port][:5])
     assert t_up - t_synced < 1.5
     writes = check_writes_everywhere(cluster, records)
     summarize("isolate", {
