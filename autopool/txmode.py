@@ -20,16 +20,21 @@ each returns at once for a wrapper not in this mode):
   none of ``connect()``'s per-request resets and no ``connection_created``
   signal, unless the physical connection was never set up (then Django's
   set-up and the signal run once for it). The next statement on a cursor
-  bound to the old connection rebinds a fresh DB-API cursor.
+  bound to an earlier attachment (even of the same physical connection)
+  rebinds a fresh DB-API cursor; ``create_cursor`` re-attaches too, for a
+  statement run between ``_cursor()``'s ``ensure_connection()`` and it.
 * ``set_autocommit(True)`` (the end of ``atomic()``, or of a manual
   transaction) parks the wrapper; ``get_autocommit`` answers from Django's
   flag for a parked wrapper instead of checking a connection out.
 * ``close`` forgets the parked state: the next connection comes from a full
   ``connect()``.
+* ``disable_constraint_checking`` / ``enable_constraint_checking`` pin the
+  connection in between (``SET foreign_key_checks=0`` is session state).
 
 Held, never parked: inside ``atomic()``, after ``set_autocommit(False)``,
 inside ``connect()`` (``connection_created`` receivers), inside
-:func:`pinned`, and while a cursor has a result still to read from the server
+:func:`pinned`, while constraint checks are off, while a transaction opened
+with raw SQL is open (the server status flags of the reply say so), and while a cursor has a result still to read from the server
 (a streaming cursor class, a further result of a ``CALL``), until that
 cursor is closed. A statement that fails outside those discards its
 connection (never pooled), except an ``IntegrityError``/``DataError``, which
