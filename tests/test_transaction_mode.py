@@ -166,7 +166,6 @@ def test_many_concurrent_requests_share_few_sessions(server: Any) -> None:
 
 
 def test_atomic_holds_one_connection(tx: Any) -> None:
-    pool = pool_of() if list(registry.entries(ALIAS)) else None
     with transaction.atomic(using=ALIAS):
         first = cid(tx)
         Row.objects.using(ALIAS).create(value=7)
