@@ -61,7 +61,7 @@ class Process:
         self.cmd, self.log = list(cmd), log
         self._out = open(log, "wb")
         self.proc = subprocess.Popen(self.cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=self._out,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
         self.pid = self.proc.pid
 
     def output(self) -> str:
@@ -105,6 +105,15 @@ class Process:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{self.cmd[:3]} not ready within {timeout} s:\n{self.output()[-4000:]}")
             time.sleep(0.05)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the test process dies (a killed or timed-out pytest
+    must not leave servers behind; their own workers exit when their master is gone)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _group_alive(pgid: int) -> bool:

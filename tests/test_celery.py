@@ -39,6 +39,8 @@ def broker(tmp_path: Path) -> Iterator[str]:
 def example_db(mariadb: Any) -> Iterator[str]:
     prepare_example_db(mariadb, DB, djsettings.DRIVER)
     yield DB
+    # Whatever happened, the next test's server counters must not see this test's sessions end.
+    wait_for(lambda: sessions(mariadb, DB) == 0, 30, "this test's sessions gone")
     mariadb.execute(f"DROP DATABASE IF EXISTS {DB}")
 
 
