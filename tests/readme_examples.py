@@ -36,6 +36,7 @@ MARKERS: Dict[str, str] = {
     "migrate_seed_after": "# After: settings.py for autopool, the same POOL",
     "migrate_dbcp_before": "# Before: settings.py for django-db-connection-pool",
     "migrate_dbcp_after": "# After: settings.py for autopool (what from_dj_db_conn_pool returns)",
+    "transaction_mode": "# Transaction mode: settings.py, and a stretch that needs one session",
 }
 
 
@@ -189,6 +190,44 @@ def scenario_quickstart(params: Dict[str, Any]) -> Dict[str, Any]:
     setup_django(ns["DATABASES"], INSTALLED_APPS=ns["INSTALLED_APPS"])
     return {"installed_before": before, "installed": autopool.is_installed(), "aliases": query_every_alias(),
             "checks": system_checks(), "autopool_app": "autopool" in ns["INSTALLED_APPS"]}
+
+
+def scenario_transaction_mode(params: Dict[str, Any]) -> Dict[str, Any]:
+    """The transaction-mode page's example: statements outside the pin give the connection back;
+    inside ``pinned()`` they share one session (the lock taken is released on the same one)."""
+    import autopool
+
+    autopool.install()
+    source = example("transaction_mode")
+    settings_part, _, code_part = source.partition("# in a view or a task:")
+    ns: Dict[str, Any] = {}
+    exec(compile(settings_part, "docs/transaction-mode.rst (settings)", "exec"), ns)
+    setup_django(ns["DATABASES"])
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    parked = connection.connection is None
+    idle_after_statement = autopool.stats("default")[0]["checked_out"]
+    statements: List[Any] = []
+    real_execute = connection.cursor().__class__.execute
+
+    def recording(self: Any, sql: Any, params: Any = None) -> Any:
+        result = real_execute(self, sql, params)
+        statements.append((sql, self.fetchone()))
+        return result
+
+    connection.cursor().__class__.execute = recording
+    try:
+        exec(compile(code_part, "docs/transaction-mode.rst (code)", "exec"), {})
+    finally:
+        connection.cursor().__class__.execute = real_execute
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT IS_FREE_LOCK('nightly-report')")
+        free_after = cursor.fetchone()[0]
+    return {"parked": parked, "checked_out_between_statements": idle_after_statement,
+            "statements": [[sql, list(row) if row else None] for sql, row in statements],
+            "lock_free_after": free_after, "checked_out_after": autopool.stats("default")[0]["checked_out"]}
 
 
 def scenario_pymysql_settings(params: Dict[str, Any]) -> Dict[str, Any]:

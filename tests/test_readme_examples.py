@@ -122,3 +122,15 @@ def test_migration_from_django_db_connection_pool(run):
         old["POOL_OPTIONS"]["POOL_SIZE"], old["POOL_OPTIONS"]["MAX_OVERFLOW"], old["POOL_OPTIONS"]["RECYCLE"],
         old["POOL_OPTIONS"]["TIMEOUT"])
     assert r["pool_class"] == "autopool.pool.QueuePool"
+
+
+def test_transaction_mode(run):
+    r = run("transaction_mode")
+    # Outside the pin a statement gives its connection back at once.
+    assert r["parked"] is True and r["checked_out_between_statements"] == 0
+    sqls = [s for s, _ in r["statements"]]
+    assert sqls == ["SELECT GET_LOCK('nightly-report', 0)", "SELECT CONNECTION_ID()",
+                    "SELECT RELEASE_LOCK('nightly-report')"]
+    # GET_LOCK granted and released on the same session: the pin held one connection.
+    assert r["statements"][0][1] == [1] and r["statements"][2][1] == [1]
+    assert r["lock_free_after"] == 1 and r["checked_out_after"] == 0
