@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import socket
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 # (sql, args) run through a DB-API cursor.
@@ -195,13 +196,16 @@ class PyMySQLDriver(Driver):
     def prepare(self, conn: Any) -> None:
         tracked = bool(getattr(conn, "server_capabilities", 0) & CLIENT_SESSION_TRACK
                        and getattr(conn, "client_flag", 0) & CLIENT_SESSION_TRACK)
+        conn.__dict__[OWNER_ATTR] = None
         if not tracked:
-            return  # the server does not track sessions: schema() stays UNKNOWN
+            # The server does not track sessions: schema() stays UNKNOWN.
+            conn.__class__ = _guarded_class(type(conn))
+            return
         db = conn.db
         if isinstance(db, (bytes, bytearray)):
             db = bytes(db).decode(getattr(conn, "encoding", None) or "utf-8", "surrogateescape")
         conn.__dict__[SCHEMA_ATTR] = db or None
-        conn.__class__ = _schema_tracking_class(type(conn))
+        conn.__class__ = _schema_tracking_class(_guarded_class(type(conn)))
         self._note_home(conn)
 
     def schema(self, conn: Any) -> Schema:
@@ -273,6 +277,126 @@ def _lenenc_int(data: bytes, pos: int) -> Tuple[int, int]:
     if width is None:
         raise IndexError("not a length")
     return int.from_bytes(data[pos + 1:pos + 1 + width], "little"), pos + 1 + width
+
+
+OWNER_ATTR = "_autopool_owner"  # PyMySQL: the greenlet or thread inside a command, else None
+
+try:
+    from greenlet import getcurrent as _current
+except ImportError:  # no greenlet: threads are the only concurrency
+    from threading import get_ident as _current
+
+
+class ConcurrentUseError(RuntimeError):
+    """A PyMySQL connection was used by a second thread while a first one was inside a command.
+
+    Raised to the second one, before its command is sent; the connection is
+    closed so the first one's pending read fails (2013, lost connection)
+    instead of completing. Under gevent, :class:`gevent.exceptions.ConcurrentObjectUseError`
+    is raised instead, as gevent and autopool's cooperative mysqlclient do.
+    """
+
+
+def _concurrent_use_error(conn: Any) -> BaseException:
+    message = ("this PyMySQL connection is already in use by another greenlet or thread (a connection "
+               "must not be shared); it was closed, both uses fail")
+    from .gevent import socket_patched
+
+    if socket_patched():
+        from gevent.exceptions import ConcurrentObjectUseError
+
+        return ConcurrentObjectUseError(message)
+    return ConcurrentUseError(message)
+
+
+def _abort(conn: Any) -> None:
+    """Close a connection another greenlet or thread is inside of, so that its command fails.
+
+    PyMySQL's own close cannot: the socket's buffered reader is busy in the
+    other one's read (closing it raises "reentrant call" under gevent, waits
+    for that read under threads), and a socket with a reader still open is
+    not really closed. ``shutdown()`` ends the other one's wait at once: it
+    reads end of stream and fails with 2013 (lost connection); it closes the
+    descriptor when it drops the reader. ``open`` is False from here on, so
+    the pool never takes the connection back.
+    """
+    sock = conn._sock
+    if sock is None:
+        return
+    conn._sock = None
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already disconnected: the other one's read fails anyway
+    sock.close()  # deferred by the socket until the other one drops the reader
+
+
+_guarded_classes: Dict[type, type] = {}
+
+
+def _guarded_class(base: type) -> type:
+    """A subclass of PyMySQL's Connection that refuses a second concurrent user.
+
+    A connection is one protocol stream: a command sent while another
+    greenlet or thread waits for the reply to its own is answered after it,
+    and the later reply is left for whoever reads next (the next user of the
+    pool reads the previous request's result). PyMySQL does not notice.
+    Each method that talks to the server notes who is inside it (one
+    attribute set and reset per command); a second caller closes the
+    connection and gets an error before anything is sent.
+    """
+    cls = _guarded_classes.get(base)
+    if cls is not None:
+        return cls
+
+    def guard(name: str) -> Any:
+        method = getattr(base, name)
+
+        def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
+            me = _current()
+            owner = self._autopool_owner
+            if owner is not None and owner is not me:
+                _abort(self)
+                raise _concurrent_use_error(self)
+            self._autopool_owner = me
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                if owner is None:  # not a nested call (query() runs next_result())
+                    self._autopool_owner = None
+
+        guarded.__name__ = guarded.__qualname__ = name
+        guarded.__doc__ = method.__doc__
+        return guarded
+
+    def _execute_command(self: Any, command: int, sql: Any) -> Any:
+        # Every command passes here, also those sent by methods not guarded above.
+        owner = self._autopool_owner
+        if owner is not None and owner is not _current():
+            _abort(self)
+            raise _concurrent_use_error(self)
+        return base._execute_command(self, command, sql)
+
+    def close(self: Any) -> None:
+        owner = self._autopool_owner
+        if owner is not None and owner is not _current():
+            # Closed from elsewhere while a command waits: that command fails.
+            self._closed = True
+            _abort(self)
+            return
+        base.close(self)
+
+    names = [name for name in _GUARDED if callable(getattr(base, name, None))]
+    namespace = {name: guard(name) for name in names}
+    namespace.update(_execute_command=_execute_command, close=close, _autopool_owner=None,
+                     __module__=base.__module__)
+    cls = _guarded_classes[base] = type(base.__name__, (base,), namespace)
+    return cls
+
+
+# PyMySQL Connection methods that send a command and read its reply.
+_GUARDED = ("query", "next_result", "ping", "commit", "rollback", "begin", "select_db", "autocommit",
+            "kill", "show_warnings", "set_character_set", "set_charset")
 
 
 _tracking_classes: Dict[type, type] = {}

@@ -166,9 +166,10 @@ def scenario_sleep(args):
 
 
 def scenario_shared_connection(args):
-    """One pooled mysqlclient connection used by two greenlets at once (a bug in the
-    caller): both get an error, neither waits forever, and the pool serves on."""
-    setup({"pool_size": 1, "max_overflow": 0, "timeout": 10})
+    """One pooled connection used by two greenlets at once (a bug in the caller): both
+    get an error, neither waits forever, the connection is not pooled, and the pool's
+    next user gets its own result."""
+    server = setup({"pool_size": 1, "max_overflow": 0, "timeout": 10})
     from django.db import connection
 
     connection.ensure_connection()
@@ -182,8 +183,10 @@ def scenario_shared_connection(args):
             cur.execute(sql)
             return ["ok", [list(map(str, row)) for row in cur.fetchall()]]
         except Exception as exc:  # noqa: BLE001 - the error is the result
-            return ["error", type(exc).__name__]
+            code = exc.args[0] if type(exc).__name__ == "OperationalError" else None
+            return ["error", type(exc).__name__] + ([code] if code is not None else [])
 
+    selects = server.status("Com_select")
     first = gevent.spawn(query, "SELECT SLEEP(0.5)")
     # set() wakes this greenlet only once the first one yields, i.e. waits for its reply.
     started.wait()
@@ -191,11 +194,14 @@ def scenario_shared_connection(args):
     start = time.monotonic()
     finished = gevent.joinall([first, second], timeout=10)
     elapsed = time.monotonic() - start
+    # SELECTs the server ran meanwhile (SHOW STATUS is not one).
+    selects = server.status("Com_select") - selects
+    is_open = raw.open
     connection.close()
     job = gevent.spawn(select_value, "SELECT 3")
     job.join(10)
     return {"first": first.value, "second": second.value, "finished": len(finished), "elapsed": elapsed,
-            "after": job.value, "open": raw.open}
+            "after": job.value, "open": is_open, "selects": selects}
 
 
 def scenario_semantics(args):

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -63,18 +64,62 @@ def test_pymysql_runs_queries_concurrently(scenario):
     assert r["elapsed"] < 1.0
 
 
-@pytest.mark.xfail(djsettings.DRIVER == "pymysql", strict=True, reason=(
-    "known gap on PyMySQL: the second greenlet's query is sent, its read fails with RuntimeError, the "
-    "first query succeeds, the connection stays open and is pooled with the second reply unread: the "
-    "next user reads 2 instead of 3"))
 def test_a_connection_used_by_two_greenlets_fails_both_and_hangs_none(scenario):
     r = scenario("shared_connection")
-    assert r["after"] == 3, r  # the next user of the pool gets its own result
+    assert r["after"] == 3, r  # the next user of the pool gets its own result, not the second's 2
     assert r["finished"] == 2 and r["elapsed"] < 5
     assert r["second"] == ["error", "ConcurrentObjectUseError"]
-    assert r["first"] == ["error", "OperationalError"]  # its connection was closed under it
+    assert r["first"] == ["error", "OperationalError", 2013]  # its connection was closed under it
     assert not r["open"]  # never pooled with two queries in flight
-    assert r["after"] == 3
+    if djsettings.DRIVER == "pymysql":
+        assert r["selects"] == 1  # the second query was refused before it was sent
+
+
+@pytest.mark.skipif(djsettings.DRIVER != "pymysql", reason="PyMySQL's guard; mysqlclient under threads: "
+                    "one connection per thread is the caller's duty (the C library is not thread-safe)")
+def test_a_pymysql_connection_used_by_two_threads_fails_both(mariadb):
+    """The same misuse with threads: the second thread's command is refused before it is sent
+    and the connection is closed, so the first one's pending read fails instead of completing."""
+    import threading
+
+    import pymysql
+
+    from autopool import drivers
+
+    driver = drivers.for_module(pymysql)
+    params = dict(host=mariadb.host, port=mariadb.port, user=mariadb.user, password=mariadb.password)
+    if not mariadb.external and mariadb.socket:
+        params = dict(host="localhost", unix_socket=mariadb.socket, user="root", password="")
+    conn = pymysql.connect(**driver.connect_params(params))
+    driver.prepare(conn)
+    out = {}
+
+    def first():
+        try:
+            conn.cursor().execute("SELECT SLEEP(5)")
+            out["first"] = "ok"
+        except pymysql.OperationalError as exc:
+            out["first"] = exc.args[0]
+
+    selects = mariadb.status("Com_select")
+    thread = threading.Thread(target=first)
+    thread.start()
+    try:
+        # The first thread is inside its query once it owns the connection and the server runs it.
+        deadline = time.monotonic() + 10
+        while conn._autopool_owner is None or not any(
+                "SLEEP(5)" in str(value) for row in mariadb.execute("SHOW PROCESSLIST") for value in row):
+            assert time.monotonic() < deadline, "the first query never started"
+            time.sleep(0.01)
+        with pytest.raises(drivers.ConcurrentUseError):
+            conn.cursor().execute("SELECT 2")
+    finally:
+        thread.join(10)
+    assert not thread.is_alive()
+    assert out["first"] == 2013  # lost connection: its reply is never read by anyone
+    assert not conn.open
+    assert not driver.is_open(conn)
+    assert mariadb.status("Com_select") - selects == 1
 
 
 def test_results_and_errors_are_unchanged_by_the_cooperative_wait(scenario):
