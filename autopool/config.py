@@ -10,18 +10,17 @@ from __future__ import annotations
 import difflib
 import numbers
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
+from sqlalchemy.pool import Pool
+from sqlalchemy.pool import QueuePool as SAQueuePool
 
+from .dynamic import Dynamic, Number, evaluate
+from .pool import DjangoQueuePool, QueuePool
 from .presets import PRESETS
-
-Number = Union[int, float]
-# Options of the elastic pool may be numbers or zero-argument callables
-# evaluated each time they are used (the seed's contract).
-Dynamic = Union[Number, Callable[[], Number]]
 
 DEFAULT_POOL_CLASS = "autopool.pool.QueuePool"
 _POOL_CLASS_ALIASES = {
@@ -235,12 +234,8 @@ def resolve(alias: str, setting: Any) -> Dict[str, Any]:
 
 
 def _pool_class(alias: str, value: Any) -> type:
-    from sqlalchemy.pool import Pool, QueuePool as SAQueuePool
-
-    from . import pool as autopool_pool
-
     if value is SAQueuePool:
-        return autopool_pool.QueuePool
+        return QueuePool
     given = value
     if isinstance(value, str):
         path = _POOL_CLASS_ALIASES.get(value, value)
@@ -251,7 +246,7 @@ def _pool_class(alias: str, value: Any) -> type:
                         "subclass or a dotted path such as 'autopool.pool.QueuePool' or "
                         "'autopool.pool.DjangoQueuePool'") from None
         if value is SAQueuePool:
-            return autopool_pool.QueuePool
+            return QueuePool
     if not (isinstance(value, type) and issubclass(value, Pool)):
         raise _fail(alias, "django_pool_class", f"expected a sqlalchemy.pool.Pool subclass or its dotted "
                     f"path, got {value!r}; valid choices: {', '.join(repr(c) for c in POOL_CLASS_CHOICES)}")
@@ -294,8 +289,6 @@ def _check_choice(alias: str, key: str, value: Any, choices: Tuple[Any, ...]) ->
 
 def parse(alias: str, setting: Any) -> PoolConfig:
     """Validate a ``POOL`` setting and return its :class:`PoolConfig`."""
-    from .pool import DjangoQueuePool
-
     o = resolve(alias, setting)
     pool_class = _pool_class(alias, o["django_pool_class"])
     for key in ("django_pre_ping", "django_reset_on_return", "pre_ping", "use_threadlocal",
@@ -445,15 +438,6 @@ def enabled(settings: Any = None) -> bool:
     return bool(getattr(settings, "AUTOPOOL_ENABLED", True))
 
 
-def evaluate(value: Optional[Dynamic]) -> Optional[Number]:
-    """The current value of a number-or-callable option.
-
-    The pool calls this; :func:`checked` wraps a callable option so that
-    calling it validates what it returns.
-    """
-    return value() if callable(value) else value
-
-
 # What a callable option must return, by key (the same rules as a plain value).
 _ELASTIC_RULES: Dict[str, Dict[str, Any]] = {
     "django_core_pool_size": dict(minimum=0, integer=True, allow_none=True),
@@ -570,4 +554,4 @@ def resolve_dialect(alias: str, value: Any, driver: Any) -> Any:
 
 
 __all__ = ["OPTIONS", "Option", "PoolConfig", "parse", "resolve", "enabled", "evaluate", "evaluate_option",
-           "checked", "resolve_dialect", "replace"]
+           "checked", "resolve_dialect"]

@@ -162,6 +162,13 @@ class Host:
         return f"<Host {self.label} {'up' if self.up else 'down'}>"
 
 
+# The sets whose pools are open, in creation order (what status() lists): added by HostSet.attach(),
+# removed by HostSet.detach() when the registry closes or forgets the pool. Weak: a set the registry
+# dropped without detaching goes with it.
+_attached: "weakref.WeakValueDictionary[int, HostSet]" = weakref.WeakValueDictionary()
+_serials = itertools.count()
+
+
 class HostSet:
     """The hosts of one alias: the pool's creator, health state and failover logic."""
 
@@ -179,6 +186,7 @@ class HostSet:
         self._lock = threading.Lock()
         self._rr = itertools.count()
         self._pool: Optional["weakref.ReferenceType[Any]"] = None
+        self._serial = next(_serials)
         default_port = int(conn_params.get("port") or 3306)
         base = {k: v for k, v in conn_params.items() if k != "unix_socket"}
         self.hosts: List[Host] = []
@@ -191,7 +199,13 @@ class HostSet:
 
     # -- wiring ------------------------------------------------------------------
     def attach(self, pool: Any) -> None:
+        """Serve ``pool`` (the registry calls this once the pool exists); :func:`status` lists the set from now on."""
         self._pool = weakref.ref(pool)
+        _attached[self._serial] = self
+
+    def detach(self) -> None:
+        """The registry closed or forgot the pool: :func:`status` no longer lists this set."""
+        _attached.pop(self._serial, None)
 
     @property
     def pool(self) -> Any:
@@ -419,11 +433,8 @@ def hostset(entry: Any) -> Optional[HostSet]:
 
 def status(alias: Optional[str] = None) -> List[Dict[str, Any]]:
     """Per-host state of every multi-host pool of this process (of ``alias`` only if given)."""
-    from . import registry
-
     rows: List[Dict[str, Any]] = []
-    for entry in registry.entries(alias):
-        hs = hostset(entry)
-        if hs is not None:
+    for hs in list(_attached.values()):
+        if alias is None or hs.name == alias:
             rows.extend(hs.status())
     return rows

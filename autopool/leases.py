@@ -81,3 +81,17 @@ def _detach_fairy(rec: Any, ref: Any, fairy: Any) -> bool:
     fairy._connection_record = None
     rec.fairy_ref = None
     return True
+
+
+def reclaim_hint(alias: str) -> str:
+    """What to fix when a connection of ``alias`` was left checked out by a thread or greenlet that ended."""
+    try:
+        from django.conf import settings
+
+        max_age = settings.DATABASES.get(alias, {}).get("CONN_MAX_AGE", 0)
+    except Exception:  # noqa: BLE001 - settings unavailable: fall back to the general advice
+        max_age = 0
+    if max_age != 0:
+        return (f"DATABASES[{alias!r}] sets CONN_MAX_AGE={max_age!r}: Django keeps each thread's or "
+                "greenlet's connection between requests; set CONN_MAX_AGE to 0 on pooled aliases")
+    return "call connection.close() / close_old_connections() when work outside a request ends"

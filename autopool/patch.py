@@ -12,7 +12,7 @@ from typing import Any, Callable, List, Tuple
 
 import wrapt
 
-from . import hooks
+from . import hooks, housekeeping, registry
 
 TARGET_MODULE = "django.db.backends.mysql.base"
 
@@ -28,7 +28,7 @@ PATCHES: Tuple[Tuple[str, Callable[..., Any]], ...] = (
 )
 
 # Django's error path: (module, class, attribute, wrapper). Applied only while
-# a multi-host pool exists (``enable_error_hook``, called by the registry), so
+# a multi-host pool exists (``enable_error_hook``, which the registry calls), so
 # single-host aliases pay nothing per query; removed by ``uninstall()``.
 ERROR_PATCHES: Tuple[Tuple[str, str, str, Callable[..., Any]], ...] = (
     ("django.db.utils", "DatabaseErrorWrapper", "__exit__", hooks.database_error_exit),
@@ -69,6 +69,8 @@ def _apply(module: Any) -> None:
                 _wrap(cls, name, wrapper, _applied)
         # pool_mode="transaction" (txmode.py): applied after, so around the
         # hooks above; each returns at once for a wrapper in request mode.
+        # Imported here: txmode imports Django's backend utilities, which
+        # ``import autopool`` in a settings module must not pull in.
         from . import txmode
 
         for name, wrapper in txmode.PATCHES:
@@ -106,8 +108,6 @@ def install() -> None:
 def uninstall() -> None:
     """Restore the stock backend exactly and dispose every pool (idempotent)."""
     global _installed
-    from . import housekeeping, registry
-
     with _lock:
         if not _installed:
             return
@@ -127,6 +127,10 @@ def enable_error_hook() -> None:
             return
         for module_name, class_name, name, wrapper in ERROR_PATCHES:
             _wrap(getattr(importlib.import_module(module_name), class_name), name, wrapper, _error_applied)
+
+
+# The registry calls it for each multi-host pool it creates: it never imports this module.
+registry.on_multi_host_pool(enable_error_hook)
 
 
 def is_installed() -> bool:

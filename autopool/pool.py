@@ -29,9 +29,9 @@ from typing import Any, Callable
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import ConnectionPoolEntry, Pool
 
-from .config import Dynamic, evaluate
+from .dynamic import Dynamic, evaluate
 from .errors import PoolClosed, PoolTimeout, TooManyWaiters
-from .leases import LEASED_ATTR, take_abandoned
+from .leases import LEASED_ATTR, reclaim_hint, take_abandoned
 from .stats import Counters
 from .waiting import Waiter, waiter_class
 
@@ -51,15 +51,6 @@ RECLAIM_ON_EXHAUSTION_INTERVAL = 0.05
 # Handed to a waiter instead of a connection: "a slot is free, open one".
 _SLOT = object()
 
-
-def _reclaim_hint(alias: str) -> str:
-    try:
-        from .advice import reclaim_hint  # lazy: names CONN_MAX_AGE when that setting is the cause
-    except ImportError:
-        # Called from a fairy's garbage-collection finalizer, which may run in the middle of
-        # the first import of autopool.advice (partially initialised): never lose the return.
-        return "call connection.close() / close_old_connections() when work outside a request ends"
-    return reclaim_hint(alias)
 
 class _WaitExpired(Exception):
     """A preliminary wait (the elastic pool's unload timeout) ran out."""
@@ -296,7 +287,7 @@ class QueuePool(Pool):
                 continue  # returned meanwhile
             self.counters.leaks += 1
             logger.warning("reclaimed a connection of %r from a greenlet or thread that ended "
-                           "without closing it (%s)", self.name, _reclaim_hint(self.name))
+                           "without closing it (%s)", self.name, reclaim_hint(self.name))
             try:
                 rec.invalidate()
             finally:
@@ -341,7 +332,7 @@ class QueuePool(Pool):
             # back whatever it left open.
             self.counters.leaks += 1
             logger.warning("a connection of %r was garbage collected without close(); "
-                           "closing it (%s)", self.name, _reclaim_hint(self.name))
+                           "closing it (%s)", self.name, reclaim_hint(self.name))
             record.invalidate()
         # Back (an invalidated entry too: it reconnects at its next checkout):
         # to the oldest waiter, else kept, else closed.

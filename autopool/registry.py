@@ -9,6 +9,7 @@ the inherited connections at /dev/null and calls :func:`forget_after_fork`.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import threading
 from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
@@ -18,8 +19,10 @@ from sqlalchemy import event
 from . import config as config_mod
 from . import fork
 from . import gevent as gevent_support
+from . import housekeeping
 from .drivers import Driver, for_module
-from .pool import QueuePool
+from .hosts import HostSet
+from .pool import DjangoQueuePool, QueuePool
 from .stats import Counters
 
 logger = logging.getLogger("autopool")
@@ -28,6 +31,17 @@ _lock = threading.Lock()
 _pools: Dict[Tuple[str, str], "PoolEntry"] = {}
 
 _PUBLIC_PARAMS = ("host", "port", "database", "db", "user", "unix_socket")
+
+# Called after each multi-host pool is created. patch.py registers the step that applies Django's
+# error-path patch (the hosts hear of connection errors), so the registry never imports the layer
+# that installs it.
+_multi_host_listeners: list[Callable[[], None]] = []
+
+
+def on_multi_host_pool(listener: Callable[[], None]) -> None:
+    """Call ``listener()`` after each multi-host pool is created (once per listener, however often registered)."""
+    if listener not in _multi_host_listeners:
+        _multi_host_listeners.append(listener)
 
 
 class PoolEntry:
@@ -113,8 +127,6 @@ def create(alias: str, key: str, pool_setting: Any, database_module: Any,
             connect = gevent_support.wrap_creator(connect, conn_params)
         connect = fork.tracking(connect)  # a forked child must find every connection (fork.py)
         if cfg.hosts is not None:
-            from .hosts import HostSet
-
             hostset = HostSet(alias, cfg, conn_params, connect)
             connect = hostset.create_connection
         pool = build_pool(cfg, driver, connect)
@@ -130,21 +142,16 @@ def create(alias: str, key: str, pool_setting: Any, database_module: Any,
         _close_entry(old)
     logger.info("created %s pool for %r, %r (pool_size=%s, max_overflow=%s)",
                 type(pool).__name__, alias, entry, cfg.pool_size, cfg.max_overflow)
-    from . import housekeeping
-
     housekeeping.register(pool)
     if hostset is not None:
-        from .patch import enable_error_hook
-
         housekeeping.register(hostset)  # probes down hosts
-        enable_error_hook()  # Django's error path reports connection errors to the hosts
+        for listener in list(_multi_host_listeners):
+            listener()
     return entry
 
 
 def build_pool(cfg: "config_mod.PoolConfig", driver: Driver, connect: Callable[[], Any]) -> Any:
     """Instantiate ``cfg.pool_class`` with the options it understands."""
-    from .pool import DjangoQueuePool
-
     cls = cfg.pool_class
     dialect = config_mod.resolve_dialect(cfg.alias, cfg.dialect, driver)
     if dialect is None and (cfg.any_pre_ping or cfg.sa_reset_on_return):
@@ -172,8 +179,6 @@ def build_pool(cfg: "config_mod.PoolConfig", driver: Driver, connect: Callable[[
                       retire_interval=elastic["django_retire_interval"],
                       retire_quantity=elastic["django_retire_quantity"])
     else:
-        import inspect
-
         accepted = inspect.signature(cls.__init__).parameters
         for name in ("pool_size", "max_overflow", "timeout", "use_lifo"):
             if name in accepted:
@@ -213,11 +218,10 @@ def entries(alias: Optional[str] = None) -> Iterator[PoolEntry]:
 
 
 def _close_entry(entry: PoolEntry) -> None:
-    from . import housekeeping
-
     housekeeping.unregister(entry.pool)
     if entry.hosts is not None:
         housekeeping.unregister(entry.hosts)
+        entry.hosts.detach()
     close = getattr(entry.pool, "close", None)
     if close is not None and isinstance(entry.pool, QueuePool):
         close()
@@ -247,5 +251,7 @@ def forget_after_fork() -> None:
     _lock = threading.Lock()
     for entry in _pools.values():
         entry.inherited = True
+        if entry.hosts is not None:
+            entry.hosts.detach()
     _pools.clear()
     _last_keys.clear()
