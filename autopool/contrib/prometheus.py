@@ -26,7 +26,8 @@ does not run custom collectors.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 try:
     from prometheus_client import REGISTRY
@@ -35,7 +36,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised by a test that hides the package
     raise ImportError(
         "autopool.contrib.prometheus needs the prometheus_client package: "
-        "pip install prometheus_client (or pip install 'autopool[prometheus]')"
+        "pip install prometheus_client (or pip install 'django-mysql-autopool[prometheus]')"
     ) from exc
 
 from ..stats import DESCRIPTIONS
@@ -43,7 +44,7 @@ from ..stats import DESCRIPTIONS
 PREFIX = "autopool"
 
 # (stats key, metric name without prefix, help)
-GAUGES: Tuple[Tuple[str, str, str], ...] = (
+GAUGES: tuple[tuple[str, str, str], ...] = (
     ("idle", "connections_idle", "Idle connections in the pool."),
     ("checked_out", "connections_checked_out", "Connections checked out (in use)."),
     ("overflow", "connections_overflow", "Connections open beyond pool_size."),
@@ -54,7 +55,7 @@ GAUGES: Tuple[Tuple[str, str, str], ...] = (
     ("core_size", "core_size", "Connections never retired (the elastic pool's core; else pool_size)."),
     ("wait_time_max", "wait_seconds_max", DESCRIPTIONS["wait_time_max"]),
 )
-COUNTERS: Tuple[Tuple[str, str, str], ...] = tuple(
+COUNTERS: tuple[tuple[str, str, str], ...] = tuple(
     (key, key, DESCRIPTIONS[key]) for key in (
         "connections_opened", "connections_closed", "connections_invalidated", "connections_recycled",
         "connections_retired", "checkouts", "waits", "timeouts", "too_many_waiters",
@@ -68,14 +69,14 @@ LABELS = ("alias", "database")
 class AutopoolCollector(Collector):
     """Yields one sample per pool and metric at each scrape."""
 
-    def __init__(self, extra_labels: Optional[Mapping[str, str]] = None, prefix: str = PREFIX) -> None:
-        self.extra_labels: Dict[str, str] = {str(k): str(v) for k, v in (extra_labels or {}).items()}
+    def __init__(self, extra_labels: Mapping[str, str] | None = None, prefix: str = PREFIX) -> None:
+        self.extra_labels: dict[str, str] = {str(k): str(v) for k, v in (extra_labels or {}).items()}
         clash = set(self.extra_labels) & set(LABELS)
         if clash:
             raise ValueError(f"extra_labels may not redefine {', '.join(sorted(clash))}")
         self.prefix = prefix
 
-    def _stats(self) -> List[Dict[str, Any]]:
+    def _stats(self) -> list[dict[str, Any]]:
         import autopool
 
         return autopool.stats()
@@ -107,11 +108,11 @@ class AutopoolCollector(Collector):
             yield CounterMetricFamily(f"{self.prefix}_{name}", doc, labels=names)
 
     @staticmethod
-    def _values(row: Mapping[str, Any]) -> List[str]:
+    def _values(row: Mapping[str, Any]) -> list[str]:
         return [str(row["alias"]), str(row.get("database") or "")]
 
 
-def register(registry: Any = REGISTRY, extra_labels: Optional[Mapping[str, str]] = None) -> AutopoolCollector:
+def register(registry: Any = REGISTRY, extra_labels: Mapping[str, str] | None = None) -> AutopoolCollector:
     """Register an :class:`AutopoolCollector` on ``registry`` and return it."""
     collector = AutopoolCollector(extra_labels)
     registry.register(collector)
