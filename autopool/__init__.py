@@ -7,7 +7,7 @@ request (or per greenlet), with ``ENGINE`` left as
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from .errors import NoHealthyHost, PoolClosed, PoolError, PoolTimeout, TooManyWaiters
 from .patch import install, is_installed, uninstall
@@ -30,7 +30,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'autopool' has no attribute {name!r}")
 
 
-def dispose(alias: Optional[str] = None) -> int:
+def dispose(alias: str | None = None) -> int:
     """Close the pools of ``alias`` (every alias if None) for a graceful shutdown.
 
     Idle connections close now, checked-out ones when returned; a later
@@ -41,7 +41,7 @@ def dispose(alias: Optional[str] = None) -> int:
     return registry.dispose(alias)
 
 
-def stats(alias: Optional[str] = None) -> List[Dict[str, Any]]:
+def stats(alias: str | None = None) -> list[dict[str, Any]]:
     """One plain dict per live pool of this process (never a password)."""
     from .introspect import pool_stats
 

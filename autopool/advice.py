@@ -34,7 +34,8 @@ import os
 import sys
 import threading
 import warnings
-from typing import Any, List, Mapping, Set, Tuple
+from collections.abc import Mapping
+from typing import Any
 
 from django.core import checks
 
@@ -60,11 +61,11 @@ class AutopoolWarning(UserWarning):
 
 
 _lock = threading.Lock()
-_reported: Set[Tuple[str, str]] = set()  # (check id, object): each problem once per process
+_reported: set[tuple[str, str]] = set()  # (check id, object): each problem once per process
 _reported_pid = os.getpid()
 
 
-def _first_time(key: Tuple[str, str]) -> bool:
+def _first_time(key: tuple[str, str]) -> bool:
     global _reported_pid
     with _lock:
         if _reported_pid != os.getpid():  # a forked worker is a process of its own: report again
@@ -91,11 +92,13 @@ def report(message: checks.CheckMessage) -> bool:
 def auto_install(settings: Any = None) -> bool:
     """Whether the app's ``ready()`` calls ``install()`` (``AUTOPOOL_AUTO_INSTALL``, default True)."""
     if settings is None:
-        from django.conf import settings
+        from django.conf import settings as django_settings
+
+        settings = django_settings
     return bool(getattr(settings, AUTO_INSTALL_SETTING, True))
 
 
-def check_leftovers(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> List[checks.CheckMessage]:
+def check_leftovers(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """``autopool.W004``: ``POOL_OPTIONS`` on an alias no installed library reads it for.
 
     Registered as a system check; ``databases`` is Django's argument (the aliases
@@ -106,8 +109,8 @@ def check_leftovers(app_configs: Any = None, databases: Any = None, **kwargs: An
     return leftovers(settings.DATABASES)
 
 
-def leftovers(databases: Mapping[str, Mapping[str, Any]]) -> List[checks.CheckMessage]:
-    found: List[checks.CheckMessage] = []
+def leftovers(databases: Mapping[str, Mapping[str, Any]]) -> list[checks.CheckMessage]:
+    found: list[checks.CheckMessage] = []
     for alias, db in databases.items():
         if "POOL_OPTIONS" not in db or str(db.get("ENGINE") or "").startswith(DBCP_ENGINE_PREFIX):
             continue
@@ -120,7 +123,7 @@ def leftovers(databases: Mapping[str, Mapping[str, Any]]) -> List[checks.CheckMe
     return found
 
 
-def problems(databases: Mapping[str, Mapping[str, Any]], *, installed: bool, enabled: bool) -> List[checks.CheckMessage]:
+def problems(databases: Mapping[str, Mapping[str, Any]], *, installed: bool, enabled: bool) -> list[checks.CheckMessage]:
     """The checks' findings that deserve a runtime warning (W001 excepted: see ``watch_connections``)."""
     from .checks import check_databases
 

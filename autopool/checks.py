@@ -30,7 +30,8 @@ the option, never a connection parameter such as the password.
 from __future__ import annotations
 
 import os
-from typing import Any, List, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
@@ -48,7 +49,7 @@ INSTALL_HINT = (
 )
 
 
-def check_pools(app_configs: Any = None, **kwargs: Any) -> List[checks.CheckMessage]:
+def check_pools(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """The registered check: reads ``settings.DATABASES``."""
     from django.conf import settings
 
@@ -58,11 +59,11 @@ def check_pools(app_configs: Any = None, **kwargs: Any) -> List[checks.CheckMess
 
 
 def check_databases(databases: Mapping[str, Mapping[str, Any]], *, installed: bool,
-                    enabled: bool) -> List[checks.CheckMessage]:
+                    enabled: bool) -> list[checks.CheckMessage]:
     """The check on an explicit ``DATABASES`` mapping (for tests and tooling)."""
-    messages: List[checks.CheckMessage] = []
+    messages: list[checks.CheckMessage] = []
     pooled = [alias for alias, db in databases.items() if db.get("POOL") is not None]
-    poolable: List[str] = []  # pooled aliases on a backend autopool patches
+    poolable: list[str] = []  # pooled aliases on a backend autopool patches
     for alias in pooled:
         db = databases[alias]
         obj = f"DATABASES[{alias!r}]"
@@ -70,7 +71,8 @@ def check_databases(databases: Mapping[str, Mapping[str, Any]], *, installed: bo
             config_mod.parse(alias, db["POOL"])
         except ImproperlyConfigured as exc:
             messages.append(checks.Error(str(exc), obj=obj, id="autopool.E001",
-                                         hint="See the POOL option table in autopool's documentation (docs/options.rst)."))
+                                         hint="See the POOL option table in autopool's documentation "
+                                              "(docs/options.rst)."))
         except Exception as exc:  # noqa: BLE001 - e.g. a pool class whose import fails oddly
             messages.append(checks.Error(
                 f"DATABASES[{alias!r}]['POOL'] could not be parsed: {type(exc).__name__}: {exc}",
@@ -120,7 +122,7 @@ def _enabled_source() -> str:
     return "settings.AUTOPOOL_ENABLED"
 
 
-def _engine_problem(alias: str, engine: Optional[str]) -> Optional[str]:
+def _engine_problem(alias: str, engine: str | None) -> str | None:
     """Why ``POOL`` has no effect with this ENGINE, or None if it does."""
     if engine == MYSQL_ENGINE:
         return None
@@ -143,7 +145,7 @@ def _engine_problem(alias: str, engine: Optional[str]) -> Optional[str]:
             f"{engine!r} ignores it.")
 
 
-def _dialect_problem(alias: str, db: Mapping[str, Any]) -> List[checks.CheckMessage]:
+def _dialect_problem(alias: str, db: Mapping[str, Any]) -> list[checks.CheckMessage]:
     """E001 for a ``dialect`` naming another driver than the one Django's MySQL backend uses."""
     cfg = config_mod.parse(alias, db["POOL"])
     if cfg.dialect is None or db.get("ENGINE") != MYSQL_ENGINE:
@@ -163,11 +165,11 @@ def _dialect_problem(alias: str, db: Mapping[str, Any]) -> List[checks.CheckMess
 
 
 def _cluster_problems(alias: str, db: Mapping[str, Any],
-                      databases: Mapping[str, Mapping[str, Any]]) -> List[checks.CheckMessage]:
+                      databases: Mapping[str, Mapping[str, Any]]) -> list[checks.CheckMessage]:
     """E010/E011 for an alias whose POOL parses."""
     cfg = config_mod.parse(alias, db["POOL"])
     obj = f"DATABASES[{alias!r}]"
-    found: List[checks.CheckMessage] = []
+    found: list[checks.CheckMessage] = []
     try:
         config_mod.check_hosts_options(alias, cfg, db.get("OPTIONS") or {})
     except ImproperlyConfigured as exc:
@@ -194,7 +196,7 @@ def processes_setting() -> int:
     return value
 
 
-def check_fleet(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> List[checks.CheckMessage]:
+def check_fleet(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """Fleet sizing against the live servers (a database check: runs only when databases are given)."""
     if not databases:
         return []
@@ -209,7 +211,7 @@ def check_fleet(app_configs: Any = None, databases: Any = None, **kwargs: Any) -
     except ImproperlyConfigured as exc:
         return [checks.Error(str(exc), id="autopool.E012")]
     servers, problems = fleet.survey(settings.DATABASES)
-    messages: List[checks.CheckMessage] = []
+    messages: list[checks.CheckMessage] = []
     for alias, address, message in problems:
         if "cannot query" not in message:
             continue  # a POOL that does not parse is E001's
@@ -237,7 +239,7 @@ def check_fleet(app_configs: Any = None, databases: Any = None, **kwargs: Any) -
     return messages
 
 
-def check_asgi(app_configs: Any = None, **kwargs: Any) -> List[checks.CheckMessage]:
+def check_asgi(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """``autopool.W020``: an ASGI project (``ASGI_APPLICATION`` set) keeps persistent MySQL
     connections on an alias without ``POOL``."""
     from django.conf import settings
@@ -247,9 +249,9 @@ def check_asgi(app_configs: Any = None, **kwargs: Any) -> List[checks.CheckMessa
     return check_asgi_databases(settings.DATABASES)
 
 
-def check_asgi_databases(databases: Mapping[str, Mapping[str, Any]]) -> List[checks.CheckMessage]:
+def check_asgi_databases(databases: Mapping[str, Mapping[str, Any]]) -> list[checks.CheckMessage]:
     """W020 on an explicit ``DATABASES`` mapping of an ASGI project."""
-    messages: List[checks.CheckMessage] = []
+    messages: list[checks.CheckMessage] = []
     for alias, db in databases.items():
         max_age = db.get("CONN_MAX_AGE", 0)
         if db.get("POOL") is not None or max_age == 0 or not db.get("ENGINE"):

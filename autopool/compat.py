@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict
+from typing import Any
 
 _DJ_DB_CONN_POOL_ENGINES = {
     "dj_db_conn_pool.backends.mysql": "django.db.backends.mysql",
@@ -21,7 +21,7 @@ _DJ_DB_CONN_POOL_KEYS = {
 _SEED_ENGINES = {"django_db_conn_pool.mysqlalchemy": "django.db.backends.mysql"}
 
 
-def from_dj_db_conn_pool(databases: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+def from_dj_db_conn_pool(databases: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Return a copy of ``DATABASES`` written for django-db-connection-pool
     (``dj_db_conn_pool.backends.mysql`` + ``POOL_OPTIONS``) or for
     django-db-conn-pool (``django_db_conn_pool.mysqlalchemy`` + ``POOL``), using

@@ -10,8 +10,9 @@ from __future__ import annotations
 import difflib
 import numbers
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
@@ -64,7 +65,7 @@ class Option:
     doc: str
 
 
-OPTIONS: Tuple[Option, ...] = (
+OPTIONS: tuple[Option, ...] = (
     Option("preset", None, "Name of a preset to start from: slow_and_safe, fast_and_sane or fast_and_wild."),
     Option("django_pool_class", DEFAULT_POOL_CLASS,
            "Pool class or dotted path. SQLAlchemy's QueuePool and the seed's DjangoQueuePool map to "
@@ -160,8 +161,8 @@ class PoolConfig:
     pool_class: type
     django_pre_ping: bool = False
     django_reset_on_return: bool = True
-    django_core_pool_size: Optional[Dynamic] = None
-    django_unload_timeout: Optional[Dynamic] = None
+    django_core_pool_size: Dynamic | None = None
+    django_unload_timeout: Dynamic | None = None
     django_retire_interval: Dynamic = 5
     django_retire_quantity: Dynamic = 1
     pool_size: int = 5
@@ -174,24 +175,24 @@ class PoolConfig:
     reset_on_return: Any = None
     use_lifo: bool = False
     echo: Any = False
-    max_waiting: Optional[int] = None
+    max_waiting: int | None = None
     cooperative: Any = "auto"
-    leak_detection_threshold: Optional[float] = None
+    leak_detection_threshold: float | None = None
     reset_session: bool = False
-    preset: Optional[str] = None
+    preset: str | None = None
     # ((host, port or None), ...) once parsed; None: the alias's HOST/PORT only.
-    hosts: Optional[Tuple[Tuple[str, Optional[int]], ...]] = None
+    hosts: tuple[tuple[str, int | None], ...] | None = None
     host_policy: str = "failover"
     host_down_backoff: float = 1.0
     host_down_backoff_max: float = 10.0
-    replica_of: Optional[str] = None
+    replica_of: str | None = None
     max_replica_lag: float = 5.0
     pool_mode: str = "request"
-    session_state_guard: Optional[str] = "warn"
+    session_state_guard: str | None = "warn"
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
-    def sa_reset_on_return(self) -> Optional[str]:
+    def sa_reset_on_return(self) -> str | None:
         """The value handed to SQLAlchemy's ``reset_on_return``."""
         if self.reset_on_return in ("rollback", True):
             return "rollback"
@@ -204,12 +205,12 @@ class PoolConfig:
         return self.pre_ping or self.django_pre_ping
 
 
-def _fail(alias: str, key: Optional[str], message: str) -> ImproperlyConfigured:
+def _fail(alias: str, key: str | None, message: str) -> ImproperlyConfigured:
     where = f"DATABASES[{alias!r}]['POOL']" + (f"[{key!r}]" if key else "")
     return ImproperlyConfigured(f"{where}: {message}")
 
 
-def resolve(alias: str, setting: Any) -> Dict[str, Any]:
+def resolve(alias: str, setting: Any) -> dict[str, Any]:
     """Return the effective option dict: defaults, then the preset, then overrides."""
     if isinstance(setting, str):
         setting = {"preset": setting}
@@ -281,7 +282,7 @@ def _check_number(alias: str, key: str, value: Any, *, minimum: Number, integer:
         raise _fail(alias, key, f"expected {what}, got {value!r}")
 
 
-def _check_choice(alias: str, key: str, value: Any, choices: Tuple[Any, ...]) -> None:
+def _check_choice(alias: str, key: str, value: Any, choices: tuple[Any, ...]) -> None:
     if not any(value is c or (isinstance(c, str) and value == c) for c in choices):
         raise _fail(alias, key, f"invalid value {value!r}; valid choices are: "
                                 f"{', '.join(repr(c) for c in choices)}")
@@ -348,7 +349,7 @@ HOST_POLICIES = ("failover", "round_robin")
 HOSTS_REQUIRED_OPTIONS = ("connect_timeout", "read_timeout")
 
 
-def parse_host(alias: str, value: Any) -> Tuple[str, Optional[int]]:
+def parse_host(alias: str, value: Any) -> tuple[str, int | None]:
     """``"db1:3306"``, ``"db1"``, ``"[::1]:3306"`` or ``("db1", 3306)`` -> ``("db1", 3306)``."""
     host: Any
     port: Any = None
@@ -380,7 +381,7 @@ def parse_host(alias: str, value: Any) -> Tuple[str, Optional[int]]:
     return host.strip(), port
 
 
-def _check_cluster_options(alias: str, o: Dict[str, Any]) -> None:
+def _check_cluster_options(alias: str, o: dict[str, Any]) -> None:
     hosts = o["hosts"]
     if hosts is not None:
         if isinstance(hosts, (str, bytes)) or not isinstance(hosts, (list, tuple)) or not hosts:
@@ -417,7 +418,7 @@ def check_hosts_options(alias: str, cfg: PoolConfig, options: Mapping[str, Any])
             "failing over.")
 
 
-def _explicit_keys(setting: Any) -> Tuple[str, ...]:
+def _explicit_keys(setting: Any) -> tuple[str, ...]:
     """Keys the user set, counting those coming from a chosen preset."""
     if isinstance(setting, str):
         setting = {"preset": setting}
@@ -434,12 +435,14 @@ def enabled(settings: Any = None) -> bool:
     if env is not None:
         return env.strip().lower() not in ("0", "false", "no", "off", "")
     if settings is None:
-        from django.conf import settings
+        from django.conf import settings as django_settings
+
+        settings = django_settings
     return bool(getattr(settings, "AUTOPOOL_ENABLED", True))
 
 
 # What a callable option must return, by key (the same rules as a plain value).
-_ELASTIC_RULES: Dict[str, Dict[str, Any]] = {
+_ELASTIC_RULES: dict[str, dict[str, Any]] = {
     "django_core_pool_size": dict(minimum=0, integer=True, allow_none=True),
     "django_unload_timeout": dict(minimum=0, allow_none=True),
     "django_retire_interval": dict(minimum=0, extra="(exclusive)"),
@@ -447,7 +450,7 @@ _ELASTIC_RULES: Dict[str, Dict[str, Any]] = {
 }
 
 
-def evaluate_option(alias: str, key: str, value: Optional[Dynamic]) -> Optional[Number]:
+def evaluate_option(alias: str, key: str, value: Dynamic | None) -> Number | None:
     """The current value of the number-or-callable option ``key`` of ``alias``, validated.
 
     A callable that raises or returns a bad value gives ImproperlyConfigured
@@ -483,7 +486,7 @@ class checked:
     def __init__(self, alias: str, key: str, fn: Callable[[], Number]) -> None:
         self.alias, self.key, self.fn = alias, key, fn
 
-    def __call__(self) -> Optional[Number]:
+    def __call__(self) -> Number | None:
         return evaluate_option(self.alias, self.key, self.fn)
 
     def __repr__(self) -> str:
@@ -516,7 +519,7 @@ def _check_dialect(alias: str, value: Any) -> None:
                                       f"of Django's MySQL drivers (mysqldb, pymysql); valid choices: {choices}")
 
 
-def dialect_names() -> Tuple[str, ...]:
+def dialect_names() -> tuple[str, ...]:
     return DIALECT_NAMES + tuple(f"{n}+{d}" for n in DIALECT_NAMES for d in DIALECT_DRIVERS)
 
 
@@ -529,6 +532,7 @@ def resolve_dialect(alias: str, value: Any, driver: Any) -> Any:
     """
     if value is None:
         return None
+    wanted: str | None
     if isinstance(value, str):
         _, _, wanted = value.strip().lower().partition("+")
     else:

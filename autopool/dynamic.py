@@ -6,12 +6,20 @@ both import it, and it imports nothing of autopool's.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Union
+from typing import overload
 
-Number = Union[int, float]
+Number = int | float
 # Options of the elastic pool may be numbers or zero-argument callables
 # evaluated each time they are used (the seed's contract).
-Dynamic = Union[Number, Callable[[], Number]]
+Dynamic = Number | Callable[[], Number]
+
+
+@overload
+def evaluate(value: Dynamic) -> Number: ...
+@overload
+def evaluate(value: None) -> None: ...
+@overload
+def evaluate(value: Dynamic | None) -> Number | None: ...
 
 
 def evaluate(value: Dynamic | None) -> Number | None:

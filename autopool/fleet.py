@@ -13,16 +13,17 @@ Used by ``manage.py autopool check-server --processes N`` and by the
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from collections.abc import Mapping
+from typing import Any
 
 from . import config as config_mod
 
 
-def pooled_aliases(databases: Mapping[str, Mapping[str, Any]]) -> List[str]:
+def pooled_aliases(databases: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return [alias for alias, db in databases.items() if db.get("POOL") is not None]
 
 
-def targets(alias: str, db: Mapping[str, Any], cfg: Any) -> List[Tuple[str, int]]:
+def targets(alias: str, db: Mapping[str, Any], cfg: Any) -> list[tuple[str, int]]:
     """The ``(host, port)`` pairs an alias may connect to."""
     default_port = int(db.get("PORT") or 3306)
     if cfg.hosts is not None:
@@ -34,7 +35,7 @@ def _label(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def server_info(alias: str, host: Optional[str] = None, port: Optional[int] = None) -> Dict[str, Any]:
+def server_info(alias: str, host: str | None = None, port: int | None = None) -> dict[str, Any]:
     """What sizing needs from one host of ``alias``: a direct connection, three queries, closed."""
     from django.db import connections
 
@@ -73,7 +74,7 @@ def server_info(alias: str, host: Optional[str] = None, port: Optional[int] = No
 
 
 def survey(databases: Mapping[str, Mapping[str, Any]],
-           aliases: Optional[List[str]] = None) -> Tuple[Dict[Any, Dict[str, Any]], List[Tuple[str, str, str]]]:
+           aliases: list[str] | None = None) -> tuple[dict[Any, dict[str, Any]], list[tuple[str, str, str]]]:
     """``(servers, problems)``.
 
     ``servers``: identity -> ``{"info": ..., "members": [(alias, cfg, info), ...]}``, one member per
@@ -82,8 +83,8 @@ def survey(databases: Mapping[str, Mapping[str, Any]],
     """
     from django.core.exceptions import ImproperlyConfigured
 
-    servers: Dict[Any, Dict[str, Any]] = {}
-    problems: List[Tuple[str, str, str]] = []
+    servers: dict[Any, dict[str, Any]] = {}
+    problems: list[tuple[str, str, str]] = []
     for alias in aliases if aliases is not None else pooled_aliases(databases):
         db = databases[alias]
         try:
@@ -105,7 +106,7 @@ def survey(databases: Mapping[str, Mapping[str, Any]],
     return servers, problems
 
 
-def fit(server: Dict[str, Any], processes: int) -> Dict[str, Any]:
+def fit(server: dict[str, Any], processes: int) -> dict[str, Any]:
     """The numbers for one server: per process, needed, free, and the aliases without a bound."""
     info = server["info"]
     per_process = sum(cfg.pool_size + cfg.max_overflow for _, cfg, _ in server["members"] if cfg.max_overflow >= 0)

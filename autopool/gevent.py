@@ -21,8 +21,8 @@ blocks the hub until ``read_timeout``.
 """
 from __future__ import annotations
 
-import socket
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any
 
 LOST_CONNECTION = 2013
 
@@ -44,10 +44,10 @@ def wants_cooperative(setting: Any, driver_name: str) -> bool:
     return socket_patched()
 
 
-_classes: dict = {}
+_classes: dict[type, type] = {}
 
 
-def _cooperative_class(base: type) -> type:
+def _cooperative_class(base: Any) -> type:
     """A subclass of the driver's Connection whose ``query()`` waits cooperatively."""
     cls = _classes.get(base)
     if cls is not None:
@@ -73,7 +73,7 @@ def _cooperative_class(base: type) -> type:
                     watcher.close()
                 watcher = self._autopool_watcher = loop.io(self.fileno(), 1)
             wait(watcher, self._autopool_read_timeout)
-        except socket.timeout:
+        except TimeoutError:
             # The reply was never read: the protocol state is unknown, so the
             # connection is unusable, exactly as after a driver read timeout.
             self.close()
@@ -110,7 +110,7 @@ def _cooperative_class(base: type) -> type:
     return cls
 
 
-def make_cooperative(conn: Any, read_timeout: Optional[float] = None) -> Any:
+def make_cooperative(conn: Any, read_timeout: float | None = None) -> Any:
     """Switch one mysqlclient connection to cooperative waits (in place)."""
     conn.__class__ = _cooperative_class(type(conn))
     conn._autopool_read_timeout = read_timeout
@@ -132,7 +132,7 @@ def forget_watcher(conn: Any) -> None:
         watcher.close()
 
 
-def _call(func: Callable[..., Any], args: tuple) -> Any:
+def _call(func: Callable[..., Any], args: tuple[Any, ...]) -> Any:
     try:
         return True, func(*args)
     except BaseException as exc:  # noqa: BLE001 - handed back to the calling greenlet

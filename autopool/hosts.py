@@ -41,7 +41,8 @@ import logging
 import threading
 import time
 import weakref
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from .errors import NoHealthyHost
 
@@ -79,7 +80,7 @@ SYNCED = "4"
 IDLE_INTERVAL = 1.0
 
 
-def error_code(exc: BaseException) -> Optional[int]:
+def error_code(exc: BaseException) -> int | None:
     """The MySQL error number of a driver (or Django-wrapped) exception, if any."""
     args = getattr(exc, "args", ())
     if args and isinstance(args[0], int) and not isinstance(args[0], bool):
@@ -96,7 +97,7 @@ def _describe(error: Any) -> str:
     return str(error)
 
 
-def check_health(conn: Any) -> Tuple[bool, str]:
+def check_health(conn: Any) -> tuple[bool, str]:
     """``(healthy, why)`` for a fresh DB-API connection: one query (two on MySQL-based Galera)."""
     cur = conn.cursor()
     try:
@@ -140,13 +141,13 @@ class Host:
     __slots__ = ("index", "host", "port", "params", "up", "down_until", "failures", "last_error",
                  "generation", "check_lock", "checked_at", "down_since")
 
-    def __init__(self, index: int, host: str, port: int, params: Dict[str, Any]) -> None:
+    def __init__(self, index: int, host: str, port: int, params: dict[str, Any]) -> None:
         self.index, self.host, self.port, self.params = index, host, port, params
         self.up = True  # unknown counts as healthy: the first connect checks it
         self.down_until = 0.0
-        self.down_since: Optional[float] = None
+        self.down_since: float | None = None
         self.failures = 0
-        self.last_error: Optional[str] = None
+        self.last_error: str | None = None
         # Bumped when the host's connections must go (it went down, or a failover alias fails back):
         # a connection recorded with an older generation is closed instead of pooled.
         self.generation = 0
@@ -165,7 +166,7 @@ class Host:
 # The sets whose pools are open, in creation order (what status() lists): added by HostSet.attach(),
 # removed by HostSet.detach() when the registry closes or forgets the pool. Weak: a set the registry
 # dropped without detaching goes with it.
-_attached: "weakref.WeakValueDictionary[int, HostSet]" = weakref.WeakValueDictionary()
+_attached: weakref.WeakValueDictionary[int, HostSet] = weakref.WeakValueDictionary()
 _serials = itertools.count()
 
 
@@ -185,11 +186,11 @@ class HostSet:
         self._sleep = sleep
         self._lock = threading.Lock()
         self._rr = itertools.count()
-        self._pool: Optional["weakref.ReferenceType[Any]"] = None
+        self._pool: weakref.ReferenceType[Any] | None = None
         self._serial = next(_serials)
         default_port = int(conn_params.get("port") or 3306)
         base = {k: v for k, v in conn_params.items() if k != "unix_socket"}
-        self.hosts: List[Host] = []
+        self.hosts: list[Host] = []
         for i, (host, port) in enumerate(cfg.hosts):
             port = port or default_port
             self.hosts.append(Host(i, host, port, dict(base, host=host, port=port)))
@@ -213,7 +214,10 @@ class HostSet:
 
     # -- the creator -------------------------------------------------------------
     def create_connection(self, connection_record: Any) -> Any:
-        """The pool's creator (SQLAlchemy passes the record to a one-argument creator): a connection to a healthy host, recorded in the record's info."""
+        """The pool's creator: a connection to a healthy host, recorded in the record's info.
+
+        SQLAlchemy passes the record to a one-argument creator.
+        """
         deadline = self._clock() + self.timeout
         rounds = 0
         while True:
@@ -237,7 +241,7 @@ class HostSet:
             f"no healthy host for {self.name!r} within {self.timeout:g} s (host_policy={self.policy}): "
             + "; ".join(f"{h.label}: {h.last_error or 'not tried'}" for h in self.hosts))
 
-    def _candidates(self) -> List[Host]:
+    def _candidates(self) -> list[Host]:
         """Hosts to try now, in order: the healthy ones by policy; if none, those whose back-off ran out."""
         up = [h for h in self.hosts if h.up]
         if up:
@@ -248,7 +252,7 @@ class HostSet:
         now = self._clock()
         return [h for h in self.hosts if h.down_until <= now]
 
-    def _open(self, host: Host) -> Optional[Any]:
+    def _open(self, host: Host) -> Any | None:
         """A checked connection to ``host``, or None (and the host marked down)."""
         gen = host.generation
         try:
@@ -277,7 +281,7 @@ class HostSet:
         return conn
 
     # -- state changes -----------------------------------------------------------
-    def mark_down(self, host: Host, error: Any, generation: Optional[int] = None) -> None:
+    def mark_down(self, host: Host, error: Any, generation: int | None = None) -> None:
         """Avoid ``host`` for the back-off and retire its connections (idle now, checked out on return)."""
         now = self._clock()
         with self._lock:
@@ -332,7 +336,7 @@ class HostSet:
             info = rec.info.get(HOST_KEY)
             return info is not None and which(info[0])
 
-        return evict(match, invalidate=invalidate)
+        return int(evict(match, invalidate=invalidate))
 
     def stale(self, rec: Any) -> bool:
         """True for a connection whose host went down (or was failed away from) since it was opened."""
@@ -340,7 +344,7 @@ class HostSet:
         if info is None:
             return False
         index, gen = info
-        return self.hosts[index].generation != gen
+        return bool(self.hosts[index].generation != gen)
 
     # -- errors seen by requests ---------------------------------------------------
     def on_error(self, rec: Any, exc: BaseException) -> None:
@@ -372,7 +376,7 @@ class HostSet:
             else:
                 self.mark_down(host, why, generation=gen)
 
-    def _probe(self, host: Host) -> Tuple[bool, Any]:
+    def _probe(self, host: Host) -> tuple[bool, Any]:
         try:
             conn = self._connect(host.params)
         except Exception as exc:  # noqa: BLE001 - any failure to connect is the host's
@@ -408,10 +412,10 @@ class HostSet:
         return min(due + [now + IDLE_INTERVAL]) - now  # seconds until the next round
 
     # -- introspection ----------------------------------------------------------------
-    def status(self) -> List[Dict[str, Any]]:
+    def status(self) -> list[dict[str, Any]]:
         """One dict per host: where it is, whether it is used, and why not."""
         now = self._clock()
-        counts: Dict[int, List[int]] = {h.index: [0, 0] for h in self.hosts}
+        counts: dict[int, list[int]] = {h.index: [0, 0] for h in self.hosts}
         pool = self.pool
         if pool is not None:
             for column, records in enumerate(pool.connection_records()):
@@ -427,13 +431,13 @@ class HostSet:
         } for h in self.hosts]
 
 
-def hostset(entry: Any) -> Optional[HostSet]:
+def hostset(entry: Any) -> HostSet | None:
     return getattr(entry, "hosts", None)
 
 
-def status(alias: Optional[str] = None) -> List[Dict[str, Any]]:
+def status(alias: str | None = None) -> list[dict[str, Any]]:
     """Per-host state of every multi-host pool of this process (of ``alias`` only if given)."""
-    rows: List[Dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
     for hs in list(_attached.values()):
         if alias is None or hs.name == alias:
             rows.extend(hs.status())

@@ -15,17 +15,17 @@ import logging
 import sys
 import threading
 import weakref
-from typing import Any, Optional
+from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
 logger = logging.getLogger("autopool")
 
-_pools: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_pools: weakref.WeakSet[Any] = weakref.WeakSet()
 # pool -> the ImproperlyConfigured message already logged for it
-_misconfigured: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
-_thread: Optional[threading.Thread] = None
-_stop: Optional[threading.Event] = None
+_misconfigured: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+_thread: threading.Thread | None = None
+_stop: threading.Event | None = None
 _lock = threading.Lock()
 # Upper bound on one sleep, so a changed callable interval takes effect soon.
 MAX_SLEEP = 1.0

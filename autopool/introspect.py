@@ -7,7 +7,7 @@ parameters come from ``PoolEntry.params``, which never holds the password.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from . import registry
 from .stats import COUNTERS, WAIT_TIMES
@@ -22,7 +22,7 @@ STATE_FIELDS = (
 FIELDS = STATE_FIELDS + COUNTERS + WAIT_TIMES
 
 
-def _call(pool: Any, name: str) -> Optional[int]:
+def _call(pool: Any, name: str) -> int | None:
     method = getattr(pool, name, None)
     if method is None:
         return None
@@ -32,7 +32,7 @@ def _call(pool: Any, name: str) -> Optional[int]:
         return None
 
 
-def entry_stats(entry: "registry.PoolEntry") -> Dict[str, Any]:
+def entry_stats(entry: registry.PoolEntry) -> dict[str, Any]:
     """The stats dict of one pool entry."""
     pool = entry.pool
     cfg = entry.config
@@ -44,7 +44,7 @@ def entry_stats(entry: "registry.PoolEntry") -> Dict[str, Any]:
     opened = _call(pool, "opened")
     if opened is None and idle is not None and checked_out is not None:
         opened = idle + checked_out
-    row: Dict[str, Any] = {
+    row: dict[str, Any] = {
         "alias": entry.alias,
         "pid": os.getpid(),
         "driver": entry.driver.name,
@@ -74,7 +74,7 @@ def entry_stats(entry: "registry.PoolEntry") -> Dict[str, Any]:
     return row
 
 
-def pool_stats(alias: Optional[str] = None) -> List[Dict[str, Any]]:
+def pool_stats(alias: str | None = None) -> list[dict[str, Any]]:
     """One dict per live pool of this process (of ``alias`` only if given)."""
     rows = [entry_stats(entry) for entry in registry.entries(alias)]
     rows.sort(key=lambda r: r["alias"])

@@ -8,7 +8,8 @@ them, with wrapt, whether Django's MySQL backend is imported before or after
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, List, Tuple
+from collections.abc import Callable
+from typing import Any
 
 import wrapt
 
@@ -18,7 +19,7 @@ TARGET_MODULE = "django.db.backends.mysql.base"
 
 # (attribute of DatabaseWrapper, wrapper). Attributes that Django does not
 # define (older versions) are skipped.
-PATCHES: Tuple[Tuple[str, Callable[..., Any]], ...] = (
+PATCHES: tuple[tuple[str, Callable[..., Any]], ...] = (
     ("get_new_connection", hooks.get_new_connection),
     ("init_connection_state", hooks.init_connection_state),
     ("_set_autocommit", hooks.set_autocommit),
@@ -30,7 +31,7 @@ PATCHES: Tuple[Tuple[str, Callable[..., Any]], ...] = (
 # Django's error path: (module, class, attribute, wrapper). Applied only while
 # a multi-host pool exists (``enable_error_hook``, which the registry calls), so
 # single-host aliases pay nothing per query; removed by ``uninstall()``.
-ERROR_PATCHES: Tuple[Tuple[str, str, str, Callable[..., Any]], ...] = (
+ERROR_PATCHES: tuple[tuple[str, str, str, Callable[..., Any]], ...] = (
     ("django.db.utils", "DatabaseErrorWrapper", "__exit__", hooks.database_error_exit),
 )
 
@@ -38,11 +39,11 @@ _lock = threading.RLock()
 _installed = False
 _hook_registered = False
 # (class, attribute, had its own attribute, original value)
-_applied: List[Tuple[type, str, bool, Any]] = []
-_error_applied: List[Tuple[type, str, bool, Any]] = []
+_applied: list[tuple[type, str, bool, Any]] = []
+_error_applied: list[tuple[type, str, bool, Any]] = []
 
 
-def _wrap(cls: type, name: str, wrapper: Callable[..., Any], applied: List[Tuple[type, str, bool, Any]]) -> None:
+def _wrap(cls: type, name: str, wrapper: Callable[..., Any], applied: list[tuple[type, str, bool, Any]]) -> None:
     """Wrap ``cls.name`` with wrapt, recording in ``applied`` what ``_restore`` puts back."""
     own = name in cls.__dict__
     original = cls.__dict__[name] if own else None
@@ -50,7 +51,7 @@ def _wrap(cls: type, name: str, wrapper: Callable[..., Any], applied: List[Tuple
     applied.append((cls, name, own, original))
 
 
-def _restore(applied: List[Tuple[type, str, bool, Any]]) -> None:
+def _restore(applied: list[tuple[type, str, bool, Any]]) -> None:
     for cls, name, own, original in reversed(applied):
         if own:
             setattr(cls, name, original)

@@ -24,7 +24,8 @@ import threading
 import time
 import traceback
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, cast
 
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import ConnectionPoolEntry, Pool
@@ -155,13 +156,14 @@ class QueuePool(Pool):
         if not idle:
             return None
         if self._local is not None:
-            mine = getattr(self._local, "record", None)
+            mine: ConnectionPoolEntry | None = getattr(self._local, "record", None)
             if mine is not None:
                 for i, (rec, _) in enumerate(idle):
                     if rec is mine:
                         del idle[i]
                         return rec
-        return (idle.pop() if self._use_lifo else idle.popleft())[0]
+        rec, _ = idle.pop() if self._use_lifo else idle.popleft()
+        return rec
 
     def _has_room(self) -> bool:
         return self._max_overflow < 0 or self._opened < self._pool_size + self._max_overflow
@@ -177,7 +179,7 @@ class QueuePool(Pool):
         counters = self.counters
         counters.checkouts += 1
         if self._recycle > -1 and rec.dbapi_connection is not None and \
-                time.time() - rec.starttime > self._recycle:
+                time.time() - rec.starttime > self._recycle:  # type: ignore[attr-defined]  # SQLAlchemy's record has it
             counters.connections_recycled += 1
         return rec
 
@@ -245,7 +247,7 @@ class QueuePool(Pool):
         item = waiter.item
         if item is _SLOT:
             return self._open()
-        return item
+        return cast(ConnectionPoolEntry, item)
 
     def _forget(self, waiter: Waiter) -> int:
         """Drop a waiter that gave up from the queue; return how many still wait."""

@@ -5,13 +5,13 @@ Use one by name (``"POOL": "fast_and_sane"``), with overrides
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any
 
 # Daily traffic on long-lived connections, a Django-level ping before each
 # checkout, a rollback on every return, no overflow: safe against a flaky
 # network or a short server wait_timeout, at one extra round trip per checkout
 # and return.
-SLOW_AND_SAFE: Dict[str, Any] = {
+SLOW_AND_SAFE: dict[str, Any] = {
     "django_pool_class": "autopool.pool.QueuePool",
     "django_pre_ping": True,
     "django_reset_on_return": False,
@@ -27,7 +27,7 @@ SLOW_AND_SAFE: Dict[str, Any] = {
 
 # Long-lived connections, bursts absorbed by up to 10 overflow connections that
 # are closed on return, a rollback only when a transaction may be open.
-FAST_AND_SANE: Dict[str, Any] = {
+FAST_AND_SANE: dict[str, Any] = {
     "django_pool_class": "autopool.pool.QueuePool",
     "django_pre_ping": False,
     "django_reset_on_return": True,
@@ -43,7 +43,7 @@ FAST_AND_SANE: Dict[str, Any] = {
 
 # The elastic pool: a burst may open up to 30 connections, which stay pooled
 # and are retired one every 5 seconds once idle, down to a core of 5.
-FAST_AND_WILD: Dict[str, Any] = {
+FAST_AND_WILD: dict[str, Any] = {
     "django_pool_class": "autopool.pool.DjangoQueuePool",
     "django_pre_ping": False,
     "django_reset_on_return": True,
@@ -61,7 +61,7 @@ FAST_AND_WILD: Dict[str, Any] = {
     "reset_on_return": None,
 }
 
-PRESETS: Dict[str, Dict[str, Any]] = {
+PRESETS: dict[str, dict[str, Any]] = {
     "slow_and_safe": SLOW_AND_SAFE,
     "fast_and_sane": FAST_AND_SANE,
     "fast_and_wild": FAST_AND_WILD,

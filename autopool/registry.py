@@ -12,14 +12,14 @@ import hashlib
 import inspect
 import logging
 import threading
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from sqlalchemy import event
 
 from . import config as config_mod
-from . import fork
+from . import fork, housekeeping
 from . import gevent as gevent_support
-from . import housekeeping
 from .drivers import Driver, for_module
 from .hosts import HostSet
 from .pool import DjangoQueuePool, QueuePool
@@ -28,7 +28,7 @@ from .stats import Counters
 logger = logging.getLogger("autopool")
 
 _lock = threading.Lock()
-_pools: Dict[Tuple[str, str], "PoolEntry"] = {}
+_pools: dict[tuple[str, str], PoolEntry] = {}
 
 _PUBLIC_PARAMS = ("host", "port", "database", "db", "user", "unix_socket")
 
@@ -50,8 +50,8 @@ class PoolEntry:
     __slots__ = ("alias", "key", "config", "pool", "driver", "params", "server_data", "inherited", "counters", "hosts",
                  "__weakref__")
 
-    def __init__(self, alias: str, key: str, cfg: "config_mod.PoolConfig", pool: Any, driver: Driver,
-                 params: Dict[str, Any]) -> None:
+    def __init__(self, alias: str, key: str, cfg: config_mod.PoolConfig, pool: Any, driver: Driver,
+                 params: dict[str, Any]) -> None:
         self.alias = alias
         self.key = key
         self.config = cfg
@@ -60,7 +60,7 @@ class PoolEntry:
         self.params = params
         # Django's per-wrapper mysql_server_data (one query per new wrapper,
         # i.e. per greenlet) is the same for every connection of this pool.
-        self.server_data: Optional[dict] = None
+        self.server_data: dict[str, Any] | None = None
         # Set in a forked child (fork.py): the pool belongs to the parent, and a
         # connection of it still held by a wrapper is never reset, pooled or closed.
         self.inherited = False
@@ -84,7 +84,7 @@ def params_key(conn_params: Mapping[str, Any], pool_setting: Any) -> str:
 # alias -> (copy of conn_params, copy of POOL, key): Django rebuilds conn_params
 # on every connect, and comparing them with the last ones is much cheaper than
 # digesting them again.
-_last_keys: Dict[str, Tuple[Dict[str, Any], Any, str]] = {}
+_last_keys: dict[str, tuple[dict[str, Any], Any, str]] = {}
 
 
 def key_for(alias: str, conn_params: Mapping[str, Any], pool_setting: Any) -> str:
@@ -97,7 +97,7 @@ def key_for(alias: str, conn_params: Mapping[str, Any], pool_setting: Any) -> st
     return key
 
 
-def public_params(conn_params: Mapping[str, Any]) -> Dict[str, Any]:
+def public_params(conn_params: Mapping[str, Any]) -> dict[str, Any]:
     """Connection parameters safe to show: never the password."""
     out = {k: conn_params[k] for k in _PUBLIC_PARAMS if k in conn_params}
     if "db" in out and "database" not in out:
@@ -105,12 +105,12 @@ def public_params(conn_params: Mapping[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def get(alias: str, key: str) -> Optional[PoolEntry]:
+def get(alias: str, key: str) -> PoolEntry | None:
     return _pools.get((alias, key))
 
 
 def create(alias: str, key: str, pool_setting: Any, database_module: Any,
-           connect: Callable[[], Any], conn_params: Mapping[str, Any]) -> PoolEntry:
+           connect: Callable[..., Any], conn_params: Mapping[str, Any]) -> PoolEntry:
     """Create (once) the pool for ``alias`` with these parameters."""
     cfg = config_mod.parse(alias, pool_setting)
     hostset = None
@@ -150,13 +150,13 @@ def create(alias: str, key: str, pool_setting: Any, database_module: Any,
     return entry
 
 
-def build_pool(cfg: "config_mod.PoolConfig", driver: Driver, connect: Callable[[], Any]) -> Any:
+def build_pool(cfg: config_mod.PoolConfig, driver: Driver, connect: Callable[..., Any]) -> Any:
     """Instantiate ``cfg.pool_class`` with the options it understands."""
     cls = cfg.pool_class
     dialect = config_mod.resolve_dialect(cfg.alias, cfg.dialect, driver)
     if dialect is None and (cfg.any_pre_ping or cfg.sa_reset_on_return):
         dialect = driver.dialect()
-    kw: Dict[str, Any] = dict(
+    kw: dict[str, Any] = dict(
         recycle=cfg.recycle, echo=cfg.echo or None, reset_on_return=cfg.sa_reset_on_return,
         pre_ping=cfg.any_pre_ping, logging_name=cfg.alias,
     )
@@ -211,7 +211,7 @@ def _count_events(pool: Any, alias: str) -> None:
     event.listen(pool, "invalidate", on_invalidate)
 
 
-def entries(alias: Optional[str] = None) -> Iterator[PoolEntry]:
+def entries(alias: str | None = None) -> Iterator[PoolEntry]:
     for (a, _), entry in list(_pools.items()):
         if alias is None or a == alias:
             yield entry
@@ -230,7 +230,7 @@ def _close_entry(entry: PoolEntry) -> None:
     logger.info("disposed pool of %r", entry.alias)
 
 
-def dispose(alias: Optional[str] = None) -> int:
+def dispose(alias: str | None = None) -> int:
     """Close the pools of ``alias`` (all if None); return how many were closed.
 
     Idle connections are closed now, checked-out ones when they are returned.

@@ -38,7 +38,8 @@ import logging
 import random
 import threading
 import time
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from asgiref.local import Local
 from django.core.exceptions import ImproperlyConfigured
@@ -54,7 +55,7 @@ CHECK_INTERVAL = 1.0
 _state = Local()  # per thread, greenlet (once patched) or asyncio task: primaries written to
 
 
-def _pins() -> set:
+def _pins() -> set[str]:
     pins = getattr(_state, "pins", None)
     if pins is None:
         pins = _state.pins = set()
@@ -75,14 +76,14 @@ def pin_primary(alias: str = DEFAULT_DB_ALIAS) -> None:
 @contextlib.contextmanager
 def use_primary() -> Iterator[None]:
     """Every read routed by :class:`ReplicaRouter` inside the block goes to its primary."""
-    _state.forced = getattr(_state, "forced", 0) + 1
+    _state.forced = getattr(_state, "forced", False) + 1
     try:
         yield
     finally:
         _state.forced -= 1
 
 
-def replica_lag(conn: Any) -> Optional[float]:
+def replica_lag(conn: Any) -> float | None:
     """Seconds behind the primary reported by a replica's DB-API connection; None if unknown."""
     cur = conn.cursor()
     try:
@@ -110,14 +111,14 @@ class Replica:
 
     def __init__(self, alias: str, primary: str, max_lag: float) -> None:
         self.alias, self.primary, self.max_lag = alias, primary, max_lag
-        self.lag: Optional[float] = None
+        self.lag: float | None = None
         self.healthy = False  # until the first check says otherwise
-        self.error: Optional[str] = "not checked yet"
-        self.checked_at: Optional[float] = None
+        self.error: str | None = "not checked yet"
+        self.checked_at: float | None = None
         self.conn: Any = None
 
 
-def _drop_connection(replica: "Replica") -> None:
+def _drop_connection(replica: Replica) -> None:
     """Close the monitor's connection to ``replica``, if any; a failing close changes nothing."""
     conn, replica.conn = replica.conn, None
     if conn is not None:
@@ -132,11 +133,11 @@ class ReplicaMonitor:
 
     name = "replicas"
 
-    def __init__(self, replicas: List[Replica], clock: Any = time.monotonic) -> None:
+    def __init__(self, replicas: list[Replica], clock: Any = time.monotonic) -> None:
         self.replicas = replicas
         self._clock = clock
         # primary alias -> aliases of its healthy replicas; replaced whole, read without a lock.
-        self.healthy: Dict[str, Tuple[str, ...]] = {}
+        self.healthy: dict[str, tuple[str, ...]] = {}
         self._lock = threading.Lock()
 
     def _connect(self, replica: Replica) -> Any:
@@ -148,7 +149,7 @@ class ReplicaMonitor:
         wrapper = connections[replica.alias]
         params = wrapper.get_connection_params()
         module = wrapper.Database
-        connect = lambda: module.connect(**params)  # noqa: E731 - the stock driver, no pool
+        connect: Callable[[], Any] = lambda: module.connect(**params)  # noqa: E731 - the stock driver, no pool
         driver = for_module(module)
         from . import config as config_mod
 
@@ -191,7 +192,7 @@ class ReplicaMonitor:
         with self._lock:
             for replica in self.replicas:
                 self.check(replica)
-            healthy: Dict[str, List[str]] = {}
+            healthy: dict[str, list[str]] = {}
             for replica in self.replicas:
                 if replica.healthy:
                     healthy.setdefault(replica.primary, []).append(replica.alias)
@@ -202,16 +203,16 @@ class ReplicaMonitor:
         for replica in self.replicas:
             _drop_connection(replica)
 
-    def status(self) -> List[Dict[str, Any]]:
+    def status(self) -> list[dict[str, Any]]:
         return [{"alias": r.alias, "replica_of": r.primary, "healthy": r.healthy, "lag": r.lag,
                  "max_replica_lag": r.max_lag, "error": r.error} for r in self.replicas]
 
 
-_monitor: Optional[ReplicaMonitor] = None
+_monitor: ReplicaMonitor | None = None
 _monitor_lock = threading.Lock()
 
 
-def _replicas_from_settings(databases: Dict[str, Dict[str, Any]]) -> List[Replica]:
+def _replicas_from_settings(databases: dict[str, dict[str, Any]]) -> list[Replica]:
     from . import config as config_mod
 
     found = []
@@ -245,10 +246,9 @@ def monitor() -> ReplicaMonitor:
     with _monitor_lock:
         if _monitor is None:
             from django.core.signals import request_finished, request_started
+            from django.db import connections
 
             from . import housekeeping
-
-            from django.db import connections
 
             # connections.settings: DATABASES as Django resolved it (aliases added at run time too).
             _monitor = ReplicaMonitor(_replicas_from_settings(connections.settings))
@@ -280,7 +280,7 @@ def reset_after_fork() -> None:
     _monitor = None
 
 
-def status() -> List[Dict[str, Any]]:
+def status() -> list[dict[str, Any]]:
     """Each replica's alias, primary, health, lag and why it is not used."""
     return monitor().status()
 
@@ -292,10 +292,10 @@ class ReplicaRouter:
     instance came from another database; subclass to change it.
     """
 
-    default_primary = DEFAULT_DB_ALIAS
+    default_primary: str = DEFAULT_DB_ALIAS
 
     def __init__(self) -> None:
-        self.primary_of = {r.alias: r.primary for r in monitor().replicas}
+        self.primary_of: dict[str, str] = {r.alias: r.primary for r in monitor().replicas}
 
     @property
     def monitor(self) -> ReplicaMonitor:
@@ -303,17 +303,17 @@ class ReplicaRouter:
         # child included, and the child's monitor is not the parent's.
         return monitor()
 
-    def _primary(self, hints: Dict[str, Any]) -> str:
+    def _primary(self, hints: dict[str, Any]) -> str:
         instance = hints.get("instance")
-        db = getattr(getattr(instance, "_state", None), "db", None) if instance is not None else None
+        db: str | None = getattr(getattr(instance, "_state", None), "db", None) if instance is not None else None
         if db is None:
             return self.default_primary
         return self.primary_of.get(db, db)
 
-    def db_for_read(self, model: Any, **hints: Any) -> Optional[str]:
+    def db_for_read(self, model: Any, **hints: Any) -> str | None:
         primary = self._primary(hints)
         replicas = self.monitor.healthy.get(primary)
-        if not replicas or getattr(_state, "forced", 0) or primary in _pins():
+        if not replicas or getattr(_state, "forced", False) or primary in _pins():
             return primary
         from django.db import connections
 
@@ -321,12 +321,12 @@ class ReplicaRouter:
             return primary
         return replicas[0] if len(replicas) == 1 else random.choice(replicas)
 
-    def db_for_write(self, model: Any, **hints: Any) -> Optional[str]:
+    def db_for_write(self, model: Any, **hints: Any) -> str | None:
         primary = self._primary(hints)
         _pins().add(primary)
         return primary
 
-    def allow_relation(self, obj1: Any, obj2: Any, **hints: Any) -> Optional[bool]:
+    def allow_relation(self, obj1: Any, obj2: Any, **hints: Any) -> bool | None:
         db1, db2 = obj1._state.db, obj2._state.db
         if db1 is None or db2 is None:
             return None
@@ -334,8 +334,8 @@ class ReplicaRouter:
             return True
         return None
 
-    def allow_migrate(self, db: str, app_label: str, model_name: Optional[str] = None,
-                      **hints: Any) -> Optional[bool]:
+    def allow_migrate(self, db: str, app_label: str, model_name: str | None = None,
+                      **hints: Any) -> bool | None:
         # Replicas get their schema from the primary by replication.
         if db in self.primary_of:
             return False

@@ -7,8 +7,6 @@ monitoring and costs nothing on the checkout path.
 """
 from __future__ import annotations
 
-from typing import Dict, Union
-
 COUNTERS = (
     "connections_opened",
     "connections_closed",
@@ -27,7 +25,7 @@ COUNTERS = (
 WAIT_TIMES = ("wait_time_total", "wait_time_max")
 
 # One line per counter, for tables, docs and the Prometheus exporter's HELP.
-DESCRIPTIONS: Dict[str, str] = {
+DESCRIPTIONS: dict[str, str] = {
     "connections_opened": "Physical connections opened.",
     "connections_closed": "Physical connections closed.",
     "connections_invalidated": "Connections closed as broken or judged unusable by Django.",
@@ -46,7 +44,24 @@ DESCRIPTIONS: Dict[str, str] = {
 
 
 class Counters:
+    """One pool's counters: the attributes named in COUNTERS (ints) and WAIT_TIMES (floats)."""
+
     __slots__ = COUNTERS + WAIT_TIMES
+    # Declared for the type checker; __init__ sets them (the names must match COUNTERS/WAIT_TIMES).
+    connections_opened: int
+    connections_closed: int
+    connections_invalidated: int
+    connections_recycled: int
+    connections_retired: int
+    checkouts: int
+    waits: int
+    timeouts: int
+    too_many_waiters: int
+    rollbacks_on_return: int
+    session_resets: int
+    leaks: int
+    wait_time_total: float
+    wait_time_max: float
 
     def __init__(self) -> None:
         for name in COUNTERS:
@@ -60,5 +75,8 @@ class Counters:
         if seconds > self.wait_time_max:
             self.wait_time_max = seconds
 
-    def as_dict(self) -> Dict[str, Union[int, float]]:
+    def as_dict(self) -> dict[str, int | float]:
         return {name: getattr(self, name) for name in self.__slots__}
+
+
+assert tuple(Counters.__annotations__) == COUNTERS + WAIT_TIMES, "Counters' declarations and COUNTERS differ"

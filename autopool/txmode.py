@@ -34,7 +34,8 @@ each returns at once for a wrapper not in this mode):
 Held, never parked: inside ``atomic()``, after ``set_autocommit(False)``,
 inside ``connect()`` (``connection_created`` receivers), inside
 :func:`pinned`, while constraint checks are off, while a transaction opened
-with raw SQL is open (the server status flags of the reply say so), and while a cursor has a result still to read from the server
+with raw SQL is open (the server status flags of the reply say so), and while a cursor has a result still
+to read from the server
 (a streaming cursor class, a further result of a ``CALL``), until that
 cursor is closed. A statement that fails outside those discards its
 connection (never pooled), except an ``IntegrityError``/``DataError``, which
@@ -45,8 +46,9 @@ from __future__ import annotations
 import itertools
 import logging
 import weakref
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator, List, Optional
+from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, DataError, IntegrityError, ProgrammingError
 from django.db.backends import utils as django_utils
@@ -84,11 +86,11 @@ class _TxState:
 
     __slots__ = ("cursors", "stream", "guard", "owner", "token")
 
-    def __init__(self, guard: Optional[str], owner: int) -> None:
+    def __init__(self, guard: str | None, owner: int) -> None:
         self.owner = owner  # id() of the wrapper (a shallow copy gets its own state)
         # Weak references to the DB-API cursors opened on the current
         # connection: detached when it goes back.
-        self.cursors: List[Any] = []
+        self.cursors: list[Any] = []
         # The TxCursorWrapper whose result is still on the connection (held until it is closed).
         self.stream: Any = None
         self.guard = guard
@@ -347,7 +349,7 @@ def _after_statement(db: Any, cursor: Any) -> int:
     return PARK
 
 
-def _server_status(db: Any) -> Optional[int]:
+def _server_status(db: Any) -> int | None:
     """The server status flags of the last reply (no round trip), None if the driver cannot tell."""
     fairy = db.__dict__.get(LEASE)
     if fairy is None:

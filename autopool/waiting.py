@@ -113,11 +113,11 @@ class HubWaiter(Waiter):
 
     def _block(self, timeout: float | None) -> bool:
         if timeout is None:
-            return self._waiter.get()
+            return bool(self._waiter.get())
         timer = self._hub.loop.timer(max(timeout, 0))
         timer.start(self._waiter.switch, False)
         try:
-            return self._waiter.get()
+            return bool(self._waiter.get())
         finally:
             timer.close()
 

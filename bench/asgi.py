@@ -37,7 +37,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -93,7 +93,7 @@ class Result:
     note: str = ""
 
 
-def start_uvicorn(server: Server, mode: str, log_path: Path) -> "tuple[subprocess.Popen[bytes], int]":
+def start_uvicorn(server: Server, mode: str, log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
     env = base.server_env(server)
     env.update(EXAMPLE_MODE=mode, EXAMPLE_DRIVER="mysqlclient", EXAMPLE_POOL_SIZE=str(POOL_SIZE))
     for _ in range(5):
@@ -116,7 +116,7 @@ def start_uvicorn(server: Server, mode: str, log_path: Path) -> "tuple[subproces
     raise RuntimeError(f"uvicorn did not start; log:\n{log_path.read_text(errors='replace')[-3000:]}")
 
 
-def stop(proc: "subprocess.Popen[bytes]") -> None:
+def stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -128,7 +128,7 @@ def stop(proc: "subprocess.Popen[bytes]") -> None:
             pass
 
 
-def run_wrk(port: int, script: Path, seconds: int) -> Dict[str, Any]:
+def run_wrk(port: int, script: Path, seconds: int) -> dict[str, Any]:
     cmd = [shutil.which("wrk") or "wrk", "-c", str(CONNECTIONS), "-t", str(THREADS), "-d", f"{seconds}s",
            "--timeout", "10s", "-s", str(script), f"http://127.0.0.1:{port}/"]
     out = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=seconds + 60).stdout.decode()
@@ -184,7 +184,7 @@ def one_run(server: Server, monitor: base.Monitor, config: str, workload: str, r
     return res
 
 
-def summary(results: List[Result], configs: List[str], workloads: List[str]) -> str:
+def summary(results: list[Result], configs: list[str], workloads: list[str]) -> str:
     lines = ["| workload | configuration | req/s | vs stock | p99 ms | peak sessions | sessions 5 s after "
              "| new connections/req | commands/req | uvicorn CPU ms/req | MariaDB CPU ms/req | errors |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -210,7 +210,7 @@ def summary(results: List[Result], configs: List[str], workloads: List[str]) -> 
     return "\n".join(lines)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one repetition of 5 s per run")
     parser.add_argument("--duration", type=int, help="seconds of load per run (default 10, --quick 5)")
@@ -234,7 +234,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     started, load_before = time.monotonic(), base._loadavg()
     tmp = Path(tempfile.mkdtemp(prefix="autopool-bench-asgi-"))
     base.CLEANUP.push("temporary files", lambda: shutil.rmtree(tmp, ignore_errors=True))
-    results: List[Result] = []
+    results: list[Result] = []
     try:
         server = Server.from_env_or_start()
         base.CLEANUP.push("MariaDB", server.stop)

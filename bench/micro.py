@@ -28,8 +28,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -52,7 +53,7 @@ def timeit(fn: Callable[[], Any], n: int, rounds: int) -> float:
     return min(per)
 
 
-def setup_django(**pool_sizes: Optional[int]) -> Callable[[], Any]:
+def setup_django(**pool_sizes: int | None) -> Callable[[], Any]:
     """``autopool.install()``, then Django with one alias per keyword (its ``pool_size``, or no
     POOL for ``None``) on the server of ``AUTOPOOL_TEST_MYSQL_*``; returns a raw driver connect()."""
     import autopool
@@ -81,7 +82,7 @@ def setup_django(**pool_sizes: Optional[int]) -> Callable[[], Any]:
     return connect
 
 
-def measure(driver: str, quick: bool) -> Dict[str, float]:
+def measure(driver: str, quick: bool) -> dict[str, float]:
     if driver == "pymysql":
         import pymysql
 
@@ -93,7 +94,7 @@ def measure(driver: str, quick: bool) -> Dict[str, float]:
     from sqlalchemy.pool import QueuePool
 
     n, rounds = (2000, 7) if quick else (5000, 15)
-    out: Dict[str, float] = {}
+    out: dict[str, float] = {}
 
     pooled = connections["default"]
 
@@ -143,7 +144,7 @@ def measure(driver: str, quick: bool) -> Dict[str, float]:
     return out
 
 
-def measure_gevent(quick: bool) -> Dict[str, float]:
+def measure_gevent(quick: bool) -> dict[str, float]:
     """Under gevent (monkey patched, as in gunicorn's gevent worker), mysqlclient:
     what a cooperative query and a contended checkout cost in CPU time."""
     from gevent import monkey
@@ -159,7 +160,7 @@ def measure_gevent(quick: bool) -> Dict[str, float]:
     from autopool import gevent as autopool_gevent
 
     n, rounds = (2000, 5) if quick else (5000, 10)
-    out: Dict[str, float] = {}
+    out: dict[str, float] = {}
 
     blocking = connect()
     cooperative = autopool_gevent.make_cooperative(connect())
@@ -216,7 +217,7 @@ def measure_gevent(quick: bool) -> Dict[str, float]:
     return out
 
 
-def markdown(drivers: Dict[str, Dict[str, float]]) -> str:
+def markdown(drivers: dict[str, dict[str, float]]) -> str:
     rows = [
         ("autopool via Django: ensure_connection() + close()", "django_checkout_return_us"),
         ("autopool's pool alone: connect().close()", "autopool_pool_checkout_return_us"),
@@ -265,7 +266,7 @@ def markdown(drivers: Dict[str, Dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", help="write the results here")
@@ -287,7 +288,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         env.update(server.env())
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     try:
-        drivers: Dict[str, Dict[str, float]] = {}
+        drivers: dict[str, dict[str, float]] = {}
         for driver in DRIVERS + ("gevent",):
             cmd = [sys.executable, __file__, "--driver", driver] + (["--quick"] if args.quick else [])
             proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)

@@ -37,7 +37,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "example_project"
@@ -60,11 +60,11 @@ class Config:
     mode: str      # EXAMPLE_MODE: stock | persistent | autopool
     driver: str    # EXAMPLE_DRIVER: mysqlclient | pymysql
     label: str
-    pool_options: Optional[Dict[str, Any]] = None  # merged into POOL (autopool configs)
+    pool_options: dict[str, Any] | None = None  # merged into POOL (autopool configs)
     pool_size: int = POOL_SIZE
 
 
-CONFIGS: Dict[str, Config] = {c.key: c for c in (
+CONFIGS: dict[str, Config] = {c.key: c for c in (
     Config("stock", "stock", "mysqlclient", "stock CONN_MAX_AGE=0"),
     Config("persistent", "persistent", "mysqlclient", "stock persistent (CONN_MAX_AGE=None)"),
     Config("autopool", "autopool", "mysqlclient", f"autopool pool_size={POOL_SIZE}"),
@@ -91,12 +91,12 @@ DEFAULT_CONFIGS = ["stock", "persistent", "autopool", "stock-pymysql", "persiste
 class Workload:
     key: str
     label: str
-    path: Optional[str]      # None: /item/<random id>
+    path: str | None      # None: /item/<random id>
     think_ms: int = 0
     connections: int = CONNECTIONS  # wrk -c
 
 
-WORKLOADS: Dict[str, Workload] = {w.key: w for w in (
+WORKLOADS: dict[str, Workload] = {w.key: w for w in (
     Workload("item", "/item/<random id> (one query)", None),
     Workload("item-think", "/item/<random id>, 1 ms think time (wrk delay())", None, think_ms=1),
     Workload("sleep50", "/sleep?ms=50 (SELECT SLEEP(0.05))", "/sleep?ms=50"),
@@ -122,7 +122,7 @@ class RunResult:
     p99_ms: float = 0.0
     max_ms: float = 0.0
     errors: int = 0
-    error_detail: Dict[str, int] = field(default_factory=dict)
+    error_detail: dict[str, int] = field(default_factory=dict)
     peak_connections: int = 0
     commands: int = 0
     commands_per_request: float = 0.0
@@ -131,7 +131,7 @@ class RunResult:
     new_connections: int = 0
     worker_cpu_ms_per_request: float = float("nan")
     server_cpu_ms_per_request: float = float("nan")
-    pool_stats: Optional[list] = None
+    pool_stats: list | None = None
 
 
 # --------------------------------------------------------------------------- cleanup
@@ -140,7 +140,7 @@ class Cleanup:
     """Everything started here, stopped in reverse order exactly once."""
 
     def __init__(self) -> None:
-        self._items: List[Tuple[str, Any]] = []
+        self._items: list[tuple[str, Any]] = []
         self._lock = threading.Lock()
 
     def push(self, name: str, fn: Any) -> None:
@@ -176,7 +176,7 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def free_port(avoid: Tuple[int, ...] = ()) -> int:
+def free_port(avoid: tuple[int, ...] = ()) -> int:
     # Below 32768: Linux's ephemeral range (32768-60999) is taken by outgoing connections under load.
     for _ in range(1000):
         port = random.randint(20000, 31999)
@@ -192,7 +192,7 @@ def free_port(avoid: Tuple[int, ...] = ()) -> int:
     raise RuntimeError("no free port in 20000-31999")
 
 
-def http_get(port: int, path: str, timeout: float = 5.0) -> Tuple[int, bytes]:
+def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request("GET", path)
@@ -205,7 +205,7 @@ def http_get(port: int, path: str, timeout: float = 5.0) -> Tuple[int, bytes]:
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pids: List[int]) -> float:
+def cpu_seconds(pids: list[int]) -> float:
     """user + system CPU time of these processes so far (gone ones count 0)."""
     total = 0
     for pid in pids:
@@ -218,7 +218,7 @@ def cpu_seconds(pids: List[int]) -> float:
     return total / CLK_TCK
 
 
-def children(pid: int) -> List[int]:
+def children(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
             return [int(x) for x in f.read().split()]
@@ -226,7 +226,7 @@ def children(pid: int) -> List[int]:
         return []
 
 
-def server_env(server: Server) -> Dict[str, str]:
+def server_env(server: Server) -> dict[str, str]:
     env = dict(os.environ)
     env.update(server.env())
     env["EXAMPLE_DB_NAME"] = DB_NAME
@@ -279,10 +279,10 @@ class Monitor:
         self.lock = threading.Lock()
         self.baseline = self.run_baseline = self.threads_connected()
         self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         self.peak = 0
 
-    def _one(self, sql: str) -> Tuple[Any, ...]:
+    def _one(self, sql: str) -> tuple[Any, ...]:
         with self.lock:
             cur = self.conn.cursor()
             cur.execute(sql)
@@ -293,7 +293,7 @@ class Monitor:
     def threads_connected(self) -> int:
         return int(self._one(self.THREADS_SQL)[0])
 
-    def counters(self) -> Tuple[int, int, int]:
+    def counters(self) -> tuple[int, int, int]:
         """(foreign questions, foreign admin commands, connections) so far."""
         q, adm, conns, own_q, own_adm = (int(v) for v in self._one(self.COUNTERS_SQL))
         return q - own_q, adm - own_adm, conns
@@ -343,10 +343,10 @@ class Monitor:
 # --------------------------------------------------------------------------- gunicorn
 
 class Gunicorn:
-    def __init__(self, server: Server, cfg: Config, logdir: Path, extra_pool_options: Optional[str]) -> None:
+    def __init__(self, server: Server, cfg: Config, logdir: Path, extra_pool_options: str | None) -> None:
         self.server, self.cfg, self.logdir = server, cfg, logdir
         self.extra_pool_options = extra_pool_options
-        self.proc: Optional[subprocess.Popen[bytes]] = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.log_path = logdir / f"gunicorn-{cfg.key}-{time.monotonic_ns()}.log"
 
@@ -361,7 +361,7 @@ class Gunicorn:
                 options.update(json.loads(self.extra_pool_options))
             if options:
                 env["EXAMPLE_POOL_OPTIONS"] = json.dumps(options)
-        for attempt in range(5):
+        for _attempt in range(5):
             self.port = free_port(avoid=(self.server.port,))
             cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--no-control-socket",
                    "-k", "gevent", "-w", "1", "--worker-connections", "1000",
@@ -480,7 +480,7 @@ class Progress:
     def __init__(self, label: str, seconds: float, enabled: bool) -> None:
         self.label, self.seconds, self.enabled = label, seconds, enabled
         self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
     def _draw(self, elapsed: float, final: bool = False) -> None:
         width = 30
@@ -491,7 +491,7 @@ class Progress:
         sys.stderr.write(f"\r  {self.label:<44} [{bar}] {min(elapsed, self.seconds):4.1f}/{self.seconds:.0f} s{end}")
         sys.stderr.flush()
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         if self.enabled:
             start = time.monotonic()
 
@@ -515,7 +515,7 @@ class Progress:
 
 
 def run_wrk(port: int, script: Path, seconds: int, label: str, progress: bool,
-            connections: int = CONNECTIONS) -> Dict[str, Any]:
+            connections: int = CONNECTIONS) -> dict[str, Any]:
     wrk = shutil.which("wrk")
     if wrk is None:
         raise RuntimeError("wrk not found: apt-get install wrk (scripts/bootstrap.sh installs it)")
@@ -543,7 +543,7 @@ def run_wrk(port: int, script: Path, seconds: int, label: str, progress: bool,
 # --------------------------------------------------------------------------- one run
 
 def one_run(server: Server, monitor: Monitor, cfg: Config, workload: Workload, rep: int, seconds: int,
-            tmp: Path, progress: bool, extra_pool_options: Optional[str]) -> RunResult:
+            tmp: Path, progress: bool, extra_pool_options: str | None) -> RunResult:
     res = RunResult(cfg.key, workload.key, rep)
     leftover = monitor.wait_baseline()
     if leftover > 0:
@@ -621,7 +621,7 @@ def one_run(server: Server, monitor: Monitor, cfg: Config, workload: Workload, r
 
 # --------------------------------------------------------------------------- report
 
-def med(values: List[float]) -> float:
+def med(values: list[float]) -> float:
     values = [v for v in values if v == v]
     return statistics.median(values) if values else float("nan")
 
@@ -641,8 +641,8 @@ def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
 
-def aggregate(results: List[RunResult], configs: List[str], workloads: List[str]) -> Dict[Tuple[str, str], Dict[str, Any]]:
-    out: Dict[Tuple[str, str], Dict[str, Any]] = {}
+def aggregate(results: list[RunResult], configs: list[str], workloads: list[str]) -> dict[tuple[str, str], dict[str, Any]]:
+    out: dict[tuple[str, str], dict[str, Any]] = {}
     by = {(r.config, r.workload, r.rep): r for r in results}
     reps = sorted({r.rep for r in results})
     for wk in workloads:
@@ -687,10 +687,10 @@ def aggregate(results: List[RunResult], configs: List[str], workloads: List[str]
     return out
 
 
-def targets(agg: Dict[Tuple[str, str], Dict[str, Any]], micro: Optional[Dict[str, Any]]) -> List[Tuple[str, str, str]]:
-    rows: List[Tuple[str, str, str]] = []
+def targets(agg: dict[tuple[str, str], dict[str, Any]], micro: dict[str, Any] | None) -> list[tuple[str, str, str]]:
+    rows: list[tuple[str, str, str]] = []
 
-    def verdict(ok: Optional[bool], floor_ok: Optional[bool] = None) -> str:
+    def verdict(ok: bool | None, floor_ok: bool | None = None) -> str:
         if ok is None:
             return "not measured"
         if ok:
@@ -738,9 +738,9 @@ def targets(agg: Dict[Tuple[str, str], Dict[str, Any]], micro: Optional[Dict[str
     return rows
 
 
-def write_report(path: Path, results: List[RunResult], configs: List[str], workloads: List[str],
-                 args: argparse.Namespace, server_version: str, micro: Optional[Dict[str, Any]],
-                 chart: Optional[str], elapsed: float) -> str:
+def write_report(path: Path, results: list[RunResult], configs: list[str], workloads: list[str],
+                 args: argparse.Namespace, server_version: str, micro: dict[str, Any] | None,
+                 chart: str | None, elapsed: float) -> str:
     agg = aggregate(results, configs, workloads)
     reps = len({r.rep for r in results})
     lines = [
@@ -885,7 +885,7 @@ def _pyplot() -> Any:
     return plt
 
 
-def make_chart(path: Path, results: List[RunResult], configs: List[str], workloads: List[str]) -> Optional[str]:
+def make_chart(path: Path, results: list[RunResult], configs: list[str], workloads: list[str]) -> str | None:
     plt = _pyplot()
     if plt is None:
         return None
@@ -917,7 +917,7 @@ def make_chart(path: Path, results: List[RunResult], configs: List[str], workloa
 
 # --------------------------------------------------------------------------- micro
 
-def run_micro(server: Server, quick: bool) -> Optional[Dict[str, Any]]:
+def run_micro(server: Server, quick: bool) -> dict[str, Any] | None:
     env = server_env(server)
     out = RESULTS / "micro.json"
     cmd = [sys.executable, str(ROOT / "bench" / "micro.py"), "--json", str(out)]
@@ -938,7 +938,7 @@ def run_micro(server: Server, quick: bool) -> Optional[Dict[str, Any]]:
 QUICKSTART_CONFIGS = ("autopool-quickstart", "autopool-quickstart-pymysql", "autopool-quickstart-elastic")
 
 
-def _monitor_execute(monitor: Monitor, sql: str) -> Optional[Tuple[Any, ...]]:
+def _monitor_execute(monitor: Monitor, sql: str) -> tuple[Any, ...] | None:
     with monitor.lock:
         cur = monitor.conn.cursor()
         cur.execute(sql)
@@ -948,7 +948,7 @@ def _monitor_execute(monitor: Monitor, sql: str) -> Optional[Tuple[Any, ...]]:
 
 
 def run_quickstart_regime(server: Server, monitor: Monitor, seconds: int, tmp: Path,
-                          progress: bool) -> List[Dict[str, Any]]:
+                          progress: bool) -> list[dict[str, Any]]:
     """The README's quickstart POOL (5+10) under 9 concurrent clients, between pool_size and the cap.
 
     Per driver: new server sessions per request after warm-up (``Connections``
@@ -973,7 +973,7 @@ def run_quickstart_regime(server: Server, monitor: Monitor, seconds: int, tmp: P
     return rows
 
 
-def quickstart_report(rows: List[Dict[str, Any]], seconds: int) -> str:
+def quickstart_report(rows: list[dict[str, Any]], seconds: int) -> str:
     lines = ["", "## README quickstart POOL (pool_size=5, max_overflow=10) at 9 concurrent clients", "",
              f"One gunicorn gevent worker, `wrk -c 9` on /item/<random id> for {seconds} s (between pool_size "
              "and the cap of 15). New sessions counted after warm-up (`Connections` delta); peak sessions "
@@ -986,7 +986,7 @@ def quickstart_report(rows: List[Dict[str, Any]], seconds: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def demo_report(results: List[RunResult], configs: List[str]) -> str:
+def demo_report(results: list[RunResult], configs: list[str]) -> str:
     agg = aggregate(results, configs, ["item"])
     rows = [("", "req/s", "p99 latency", "peak server conns", "commands/request", "new conns/request")]
     for ck in configs:
@@ -1015,7 +1015,7 @@ def demo_report(results: List[RunResult], configs: List[str]) -> str:
     return "\n".join(out)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one repetition of 5 s per run")
     parser.add_argument("--demo", action="store_true",
@@ -1077,7 +1077,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     progress = args.demo or sys.stderr.isatty()
     tmp = Path(tempfile.mkdtemp(prefix="autopool-bench-"))
     CLEANUP.push("temporary files", lambda: shutil.rmtree(tmp, ignore_errors=True))
-    results: List[RunResult] = []
+    results: list[RunResult] = []
     try:
         log("bench: starting MariaDB ..." if not os.environ.get("AUTOPOOL_TEST_MYSQL_HOST")
             else f"bench: using the server at {os.environ['AUTOPOOL_TEST_MYSQL_HOST']}")

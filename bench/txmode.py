@@ -35,7 +35,7 @@ import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 _spec = importlib.util.spec_from_file_location("autopool_bench_run", HERE / "run.py")
@@ -65,12 +65,12 @@ WORKLOADS = {w.key: w for w in (
 PLAN = {"qwq": ("request", "transaction", "persistent", "stock"), "item": ("request", "transaction")}
 
 
-def configs_for(workload: str, driver: str) -> List[str]:
+def configs_for(workload: str, driver: str) -> list[str]:
     suffix = "" if driver == "mysqlclient" else "-" + driver
     return [name + suffix for name in PLAN[workload]]
 
 
-def median(values: List[float]) -> float:
+def median(values: list[float]) -> float:
     values = sorted(v for v in values if v == v)
     if not values:
         return float("nan")
@@ -78,8 +78,8 @@ def median(values: List[float]) -> float:
     return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
-def summarise(results: List[Any], drivers: List[str]) -> List[str]:
-    by: Dict[tuple, List[Any]] = {}
+def summarise(results: list[Any], drivers: list[str]) -> list[str]:
+    by: dict[tuple, list[Any]] = {}
     for r in results:
         by.setdefault((r.config, r.workload), []).append(r)
 
@@ -121,7 +121,7 @@ def summarise(results: List[Any], drivers: List[str]) -> List[str]:
     return lines + [""] + verdicts
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one repetition of 5 s per run")
     parser.add_argument("--duration", type=int, help="seconds of load per run (default 10, --quick 5)")
@@ -148,7 +148,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     progress = sys.stderr.isatty()
     tmp = Path(tempfile.mkdtemp(prefix="autopool-bench-tx-"))
     run.CLEANUP.push("temporary files", lambda: shutil.rmtree(tmp, ignore_errors=True))
-    results: List[Any] = []
+    results: list[Any] = []
     started = time.monotonic()
     try:
         server = run.Server.from_env_or_start()

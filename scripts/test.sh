@@ -42,6 +42,10 @@ skip_list() {
     echo "test.sh: $n skip line(s) in ${#runs[@]} run(s)"
 }
 
+# Lint, formatting, types and the import layers (settings in pyproject.toml): a failure fails the run.
+run "lint" bash -c ".venv/bin/ruff check autopool tests bench && .venv/bin/ruff format --check autopool \
+    && .venv/bin/mypy && .venv/bin/lint-imports --no-cache"
+
 GALERA=${AUTOPOOL_TEST_GALERA:-1}
 unset AUTOPOOL_TEST_GALERA
 # tests/test_galera.py runs once, below (AUTOPOOL_TEST_GALERA=1), not in these four runs.

@@ -12,7 +12,8 @@ Set AUTOPOOL_TEST_MYSQL_HOST (and _PORT/_USER/_PASSWORD) to test against an exis
 from __future__ import annotations
 
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import os
 from types import SimpleNamespace
-from typing import Any, Dict
+from typing import Any
 
 DRIVER = os.environ.get("AUTOPOOL_TEST_DRIVER", "mysqlclient")
 DB_NAME = "autopool_test"
 OTHER_NAME = "autopool_other"
 OTHER_USER = "autopool_other"
 OTHER_PASSWORD = "other-secret-pw-42"
-DEFAULT_POOL: Dict[str, Any] = {"pool_size": 5, "max_overflow": 5, "timeout": 10}
+DEFAULT_POOL: dict[str, Any] = {"pool_size": 5, "max_overflow": 5, "timeout": 10}
 
 
 def use_driver() -> None:
@@ -28,8 +28,8 @@ def use_driver() -> None:
         pymysql.install_as_MySQLdb()
 
 
-def database(server: Any, name: str, pool: Any = None, **extra: Any) -> Dict[str, Any]:
-    entry: Dict[str, Any] = {
+def database(server: Any, name: str, pool: Any = None, **extra: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {
         "ENGINE": "django.db.backends.mysql",
         "NAME": name,
         "USER": server.user,

@@ -3,12 +3,11 @@ that run it inside a real server or worker (tests/uwsgi_app.py, tests/celeryapp.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def recipe(marker: str) -> Tuple[str, str]:
+def recipe(marker: str) -> tuple[str, str]:
     """(source, "file (line)") of the one ``code-block:: python`` of README.rst or docs/*.rst
     containing ``marker``."""
     from tests.readme_examples import blocks

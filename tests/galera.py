@@ -35,7 +35,8 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from collections.abc import Callable
+from typing import Any
 
 from tests.mariadb import TEST_PASSWORD, TEST_USER, _alive, _as_root, _driver, _run, _tail, _tool
 
@@ -84,7 +85,7 @@ def _port_block(size: int) -> int:
     raise RuntimeError("no block of free ports found")
 
 
-def _wait(what: str, predicate: Callable[[], bool], timeout: float, log: Optional[str] = None,
+def _wait(what: str, predicate: Callable[[], bool], timeout: float, log: str | None = None,
           interval: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -138,8 +139,8 @@ def _sst_wrapper(directory: str) -> str:
 class Node:
     """One ``mariadbd`` of a topology: its own directory, ports and process."""
 
-    def __init__(self, name: str, directory: str, port: int, extra: List[str],
-                 env: Optional[Dict[str, str]] = None) -> None:
+    def __init__(self, name: str, directory: str, port: int, extra: list[str],
+                 env: dict[str, str] | None = None) -> None:
         self.name, self.dir, self.port = name, directory, port
         self.host = "127.0.0.1"
         self.datadir = os.path.join(directory, "data")
@@ -147,8 +148,8 @@ class Node:
         self.log = os.path.join(directory, "error.log")
         self.extra = extra
         self.env = env
-        self.pid: Optional[int] = None
-        self._proc: Optional[subprocess.Popen[bytes]] = None
+        self.pid: int | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self.user, self.password = TEST_USER, TEST_PASSWORD
 
     def __repr__(self) -> str:
@@ -158,7 +159,7 @@ class Node:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def command(self, *more: str) -> List[str]:
+    def command(self, *more: str) -> list[str]:
         os.makedirs(os.path.join(self.dir, "tmp"), exist_ok=True)
         return [_tool("mariadbd"), "--no-defaults", *_as_root(), f"--datadir={self.datadir}",
                 f"--socket={self.socket}", f"--port={self.port}", "--bind-address=127.0.0.1",
@@ -222,12 +223,12 @@ class Node:
         self.kill(signal.SIGTERM)
 
     def admin_connect(self, **kw: Any) -> Any:
-        params: Dict[str, Any] = dict(host="localhost", unix_socket=self.socket, user="root", password="",
+        params: dict[str, Any] = dict(host="localhost", unix_socket=self.socket, user="root", password="",
                                       autocommit=True)
         params.update(kw)
         return _driver().connect(**params)
 
-    def execute(self, sql: str, args: Any = None, **kw: Any) -> List[Any]:
+    def execute(self, sql: str, args: Any = None, **kw: Any) -> list[Any]:
         conn = self.admin_connect(**kw)
         try:
             cur = conn.cursor()
@@ -239,16 +240,16 @@ class Node:
         finally:
             conn.close()
 
-    def status(self, name: str) -> Optional[str]:
+    def status(self, name: str) -> str | None:
         rows = self.execute("SHOW GLOBAL STATUS LIKE %s", (name,))
         return str(rows[0][1]) if rows else None
 
-    def settings(self) -> Dict[str, Any]:
+    def settings(self) -> dict[str, Any]:
         return {"HOST": self.host, "PORT": str(self.port), "USER": self.user, "PASSWORD": self.password}
 
 
 class GaleraNode(Node):
-    def __init__(self, name: str, directory: str, base: int, peers: List[int], sst_bin: str) -> None:
+    def __init__(self, name: str, directory: str, base: int, peers: list[int], sst_bin: str) -> None:
         self.gport, self.ist_port, self.sst_port = base + 1, base + 2, base + 3
         extra = [
             "--wsrep-on=ON", f"--wsrep-provider={PROVIDER}", f"--wsrep-cluster-name={CLUSTER_NAME}",
@@ -276,7 +277,7 @@ class GaleraNode(Node):
         self.wait_ready(timeout)
         _wait(f"{self.name} to be Synced", self.synced, timeout, self.log)
 
-    def recover_position(self) -> Optional[str]:
+    def recover_position(self) -> str | None:
         """``mariadbd --wsrep-recover``: the last committed position (uuid:seqno) of a crashed node."""
         size = os.path.getsize(self.log) if os.path.exists(self.log) else 0
         proc = subprocess.run(self.command("--wsrep-recover", "--log-error=" + self.log), env=self.env,
@@ -305,7 +306,7 @@ class _Servers:
     """Throw-away servers in one directory: killed and removed by ``stop()``, or at exit by the
     process that started them."""
 
-    def __init__(self, directory: str, nodes: List[Node]) -> None:
+    def __init__(self, directory: str, nodes: list[Node]) -> None:
         self.dir, self.nodes = directory, nodes
         self._owner_pid = os.getpid()
         self.start_seconds = 0.0
@@ -329,10 +330,10 @@ class _Servers:
 class Cluster(_Servers):
     """A 3-node Galera cluster on loopback."""
 
-    nodes: List[GaleraNode]
+    nodes: list[GaleraNode]
 
     @classmethod
-    def start(cls, size: int = 3, base_dir: Optional[str] = None) -> "Cluster":
+    def start(cls, size: int = 3, base_dir: str | None = None) -> Cluster:
         t0 = time.monotonic()
         ensure_galera()
         directory = tempfile.mkdtemp(prefix=DIR_PREFIX, dir=base_dir)
@@ -378,7 +379,7 @@ class ReplicaPair(_Servers):
         self.primary, self.replica = primary, replica
 
     @classmethod
-    def start(cls, base_dir: Optional[str] = None) -> "ReplicaPair":
+    def start(cls, base_dir: str | None = None) -> ReplicaPair:
         t0 = time.monotonic()
         directory = tempfile.mkdtemp(prefix=DIR_PREFIX + "repl-", dir=base_dir)
         base = _port_block(2)
@@ -414,7 +415,7 @@ class ReplicaPair(_Servers):
         pair.start_seconds = time.monotonic() - t0
         return pair
 
-    def replica_status(self) -> Dict[str, Any]:
+    def replica_status(self) -> dict[str, Any]:
         conn = self.replica.admin_connect()
         try:
             cur = conn.cursor()
@@ -432,7 +433,7 @@ class ReplicaPair(_Servers):
         return self.replica.execute("SELECT @@gtid_slave_pos")[0][0] == primary_pos
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.galera", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["cluster", "replica"], help="what to start")

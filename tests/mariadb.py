@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 ENV = "AUTOPOOL_TEST_MYSQL_"
 TEST_USER = "autopool"
@@ -34,10 +34,9 @@ _SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/l
 
 def _driver() -> Any:
     try:
-        import MySQLdb.constants.CLIENT as _  # type: ignore[import-not-found]
         import MySQLdb as driver  # type: ignore[import-not-found]
+        import MySQLdb.constants.CLIENT as _  # type: ignore[import-not-found]  # noqa: F401 - mysqlclient, not PyMySQL's shim
     except ImportError:
-        import pymysql.constants.CLIENT as _  # type: ignore[import-not-found,no-redef]
         import pymysql as driver  # type: ignore[import-not-found,no-redef]
     return driver
 
@@ -55,7 +54,7 @@ def _tool(name: str) -> str:
     return path
 
 
-def _as_root() -> List[str]:
+def _as_root() -> list[str]:
     return ["--user=root"] if os.geteuid() == 0 else []
 
 
@@ -105,7 +104,7 @@ def _ours(pid: int, directory: str, port: str = "") -> bool:
             and (not port or f"--port={port}".encode() in args))
 
 
-def _run(cmd: List[str], stdin: Any = subprocess.DEVNULL) -> None:
+def _run(cmd: list[str], stdin: Any = subprocess.DEVNULL) -> None:
     proc = subprocess.run(cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     if proc.returncode:
         raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}):\n{proc.stdout.decode(errors='replace')}")
@@ -121,19 +120,19 @@ def _tail(path: str, lines: int = 25) -> str:
 
 class Server:
     def __init__(self, port: int = 3306, host: str = "127.0.0.1", user: str = "root", password: str = "",
-                 directory: Optional[str] = None, pid: Optional[int] = None, external: bool = False) -> None:
+                 directory: str | None = None, pid: int | None = None, external: bool = False) -> None:
         self.host, self.port, self.user, self.password = host, port, user, password
         self.dir, self.pid, self.external = directory, pid, external
         self.datadir = os.path.join(directory, "data") if directory else None
         self.socket = os.path.join(directory, "sock") if directory else None
-        self._proc: Optional[subprocess.Popen[bytes]] = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._owner_pid = os.getpid()
         self._fixed_port = port != 0
         self.adopted = False  # started by another process for the tests: stop() leaves it running
 
     @classmethod
-    def from_env_or_start(cls, base_dir: Optional[str] = None, port: Optional[int] = None,
-                          load_tz: bool = False) -> "Server":
+    def from_env_or_start(cls, base_dir: str | None = None, port: int | None = None,
+                          load_tz: bool = False) -> Server:
         adopted = cls.adopt_from_env()
         if adopted is not None:
             return adopted
@@ -163,7 +162,7 @@ class Server:
         return server
 
     @classmethod
-    def adopt_from_env(cls) -> Optional["Server"]:
+    def adopt_from_env(cls) -> Server | None:
         """The server ``python -m tests.mariadb start`` left running (scripts/test.sh), if the
         environment names it: started for the tests, so tests may restart it and rely on its time
         zone tables, but only its starter (``stop``) ends it."""
@@ -293,7 +292,7 @@ class Server:
         params.update(kw)
         return _driver().connect(**params)
 
-    def execute(self, sql: str, args: Any = None) -> List[Any]:
+    def execute(self, sql: str, args: Any = None) -> list[Any]:
         conn = self.admin_connect(client_flag=_driver().constants.CLIENT.MULTI_STATEMENTS)
         try:
             cur = conn.cursor()
@@ -317,7 +316,7 @@ class Server:
             raise KeyError(var)
         return int(rows[0][1])
 
-    def env(self) -> Dict[str, str]:
+    def env(self) -> dict[str, str]:
         """The environment that points a test process at this server (``from_env_or_start``)."""
         env = {ENV + "HOST": self.host, ENV + "PORT": str(self.port),
                ENV + "USER": self.user, ENV + "PASSWORD": self.password}
@@ -326,7 +325,7 @@ class Server:
         return env
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.mariadb", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["start", "stop", "env"])

@@ -10,9 +10,8 @@ on), everything else runs as written.
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
 from tests.scenario_main import main
 
@@ -21,7 +20,7 @@ DOCS = README.parent / "docs"
 DB = "autopool_readme"
 
 # Which example is which: a text that only that block contains.
-MARKERS: Dict[str, str] = {
+MARKERS: dict[str, str] = {
     "quickstart_settings": "# settings.py: ENGINE stays the stock one",
     "pymysql_settings": "# settings.py, first lines: PyMySQL stands in",
     "logging": "LOGGING = {",
@@ -40,7 +39,7 @@ MARKERS: Dict[str, str] = {
 }
 
 
-def blocks(text: str) -> List[Tuple[str, int, str]]:
+def blocks(text: str) -> list[tuple[str, int, str]]:
     """Every literal block of an RST text: (kind, line, dedented source).
 
     ``kind`` is the ``code-block`` language, or ``"literal"`` for a ``::`` block.
@@ -75,9 +74,9 @@ def blocks(text: str) -> List[Tuple[str, int, str]]:
     return found
 
 
-def python_examples(text: str) -> Dict[str, str]:
+def python_examples(text: str) -> dict[str, str]:
     """The README's ``code-block:: python`` blocks by name (``MARKERS``)."""
-    out: Dict[str, str] = {}
+    out: dict[str, str] = {}
     for kind, line, source in blocks(text):
         if kind != "python":
             continue
@@ -91,14 +90,14 @@ def python_examples(text: str) -> Dict[str, str]:
     return out
 
 
-def sources() -> List[Path]:
+def sources() -> list[Path]:
     """README.rst and every page of docs/: all their examples run."""
     return [README, *sorted(DOCS.glob("*.rst"))]
 
 
-def all_python_examples() -> Dict[str, str]:
+def all_python_examples() -> dict[str, str]:
     """Every named example of every source (a name used twice is an error)."""
-    out: Dict[str, str] = {}
+    out: dict[str, str] = {}
     for path in sources():
         for name, source in python_examples(path.read_text(encoding="utf-8")).items():
             if name in out:
@@ -119,13 +118,13 @@ def server() -> Any:
     return Server.from_env_or_start()
 
 
-def exec_example(name: str, namespace: Dict[str, Any] = None) -> Dict[str, Any]:
+def exec_example(name: str, namespace: dict[str, Any] = None) -> dict[str, Any]:
     namespace = {} if namespace is None else namespace
     exec(compile(example(name), f"README.rst ({name})", "exec"), namespace)
     return namespace
 
 
-def localize(databases: Dict[str, Dict[str, Any]], srv: Any) -> Dict[str, Dict[str, Any]]:
+def localize(databases: dict[str, dict[str, Any]], srv: Any) -> dict[str, dict[str, Any]]:
     """The example's DATABASES, each alias pointed at the test server."""
     out = {}
     for alias, db in databases.items():
@@ -139,7 +138,7 @@ def localize(databases: Dict[str, Dict[str, Any]], srv: Any) -> Dict[str, Dict[s
     return out
 
 
-def setup_django(databases: Dict[str, Dict[str, Any]], **settings_kw: Any) -> None:
+def setup_django(databases: dict[str, dict[str, Any]], **settings_kw: Any) -> None:
     import django
     from django.conf import settings
 
@@ -155,13 +154,13 @@ def setup_django(databases: Dict[str, Dict[str, Any]], **settings_kw: Any) -> No
     django.setup()
 
 
-def query_every_alias() -> Dict[str, Any]:
+def query_every_alias() -> dict[str, Any]:
     """One query on every alias; then each pooled alias's pool as ``autopool.stats()`` sees it."""
     from django.db import connections
 
     import autopool
 
-    out: Dict[str, Any] = {}
+    out: dict[str, Any] = {}
     for alias in connections:
         with connections[alias].cursor() as cursor:
             cursor.execute("SELECT 1")
@@ -173,7 +172,7 @@ def query_every_alias() -> Dict[str, Any]:
     return out
 
 
-def system_checks() -> List[str]:
+def system_checks() -> list[str]:
     from django.core import checks
 
     return [f"{m.id}: {m.msg}" for m in checks.run_checks() if m.level >= checks.WARNING]
@@ -181,7 +180,7 @@ def system_checks() -> List[str]:
 
 # -- the examples ---------------------------------------------------------------
 
-def scenario_quickstart(params: Dict[str, Any]) -> Dict[str, Any]:
+def scenario_quickstart(params: dict[str, Any]) -> dict[str, Any]:
     """The settings alone (the app installs autopool as Django sets up): a pooled query, the checks."""
     import autopool
 
@@ -192,7 +191,7 @@ def scenario_quickstart(params: Dict[str, Any]) -> Dict[str, Any]:
             "checks": system_checks(), "autopool_app": "autopool" in ns["INSTALLED_APPS"]}
 
 
-def scenario_transaction_mode(params: Dict[str, Any]) -> Dict[str, Any]:
+def scenario_transaction_mode(params: dict[str, Any]) -> dict[str, Any]:
     """The transaction-mode page's example: statements outside the pin give the connection back;
     inside ``pinned()`` they share one session (the lock taken is released on the same one)."""
     import autopool
@@ -200,7 +199,7 @@ def scenario_transaction_mode(params: Dict[str, Any]) -> Dict[str, Any]:
     autopool.install()
     source = example("transaction_mode")
     settings_part, _, code_part = source.partition("# in a view or a task:")
-    ns: Dict[str, Any] = {}
+    ns: dict[str, Any] = {}
     exec(compile(settings_part, "docs/transaction-mode.rst (settings)", "exec"), ns)
     setup_django(ns["DATABASES"])
     from django.db import connection
@@ -209,7 +208,7 @@ def scenario_transaction_mode(params: Dict[str, Any]) -> Dict[str, Any]:
         cursor.execute("SELECT 1")
     parked = connection.connection is None
     idle_after_statement = autopool.stats("default")[0]["checked_out"]
-    statements: List[Any] = []
+    statements: list[Any] = []
     real_execute = connection.cursor().__class__.execute
 
     def recording(self: Any, sql: Any, params: Any = None) -> Any:
@@ -230,7 +229,7 @@ def scenario_transaction_mode(params: Dict[str, Any]) -> Dict[str, Any]:
             "lock_free_after": free_after, "checked_out_after": autopool.stats("default")[0]["checked_out"]}
 
 
-def scenario_pymysql_settings(params: Dict[str, Any]) -> Dict[str, Any]:
+def scenario_pymysql_settings(params: dict[str, Any]) -> dict[str, Any]:
     """settings.py's first lines make PyMySQL Django's MySQLdb; a pooled query then runs on it."""
     import autopool
 
@@ -243,7 +242,7 @@ def scenario_pymysql_settings(params: Dict[str, Any]) -> Dict[str, Any]:
             "driver": autopool.stats("default")[0]["driver"]}
 
 
-def scenario_logging(params: Dict[str, Any]) -> Dict[str, Any]:
+def scenario_logging(params: dict[str, Any]) -> dict[str, Any]:
     """The LOGGING example sends autopool's INFO records to stderr (the test reads them)."""
     import autopool
 
@@ -254,7 +253,7 @@ def scenario_logging(params: Dict[str, Any]) -> Dict[str, Any]:
     return {"aliases": query_every_alias()}
 
 
-def scenario_prometheus(params: Dict[str, Any]) -> Dict[str, Any]:
+def scenario_prometheus(params: dict[str, Any]) -> dict[str, Any]:
     from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
     import autopool
@@ -275,7 +274,7 @@ class _Worker:
     cfg = _Cfg()
 
 
-def _idle_and_sessions() -> Tuple[int, int]:
+def _idle_and_sessions() -> tuple[int, int]:
     import autopool
 
     srv = server()
@@ -291,7 +290,7 @@ def _open_pool() -> None:
     query_every_alias()
 
 
-def scenario_gunicorn_shutdown(params: Dict[str, Any]) -> Dict[str, Any]:
+def scenario_gunicorn_shutdown(params: dict[str, Any]) -> dict[str, Any]:
     _open_pool()
     ns = exec_example("gunicorn_shutdown")
     before = _idle_and_sessions()
@@ -309,7 +308,7 @@ def scenario_gunicorn_shutdown(params: Dict[str, Any]) -> Dict[str, Any]:
 # tests/test_celery.py).
 
 
-def scenario_multi_host(params: Dict[str, Any]) -> Dict[str, Any]:
+def scenario_multi_host(params: dict[str, Any]) -> dict[str, Any]:
     import autopool
 
     autopool.install()
@@ -328,7 +327,7 @@ def scenario_multi_host(params: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def scenario_replicas(params: Dict[str, Any]) -> Dict[str, Any]:
+def scenario_replicas(params: dict[str, Any]) -> dict[str, Any]:
     import autopool
 
     autopool.install()
@@ -346,7 +345,7 @@ def scenario_replicas(params: Dict[str, Any]) -> Dict[str, Any]:
 
 
 
-def scenario_migrate(params: Dict[str, Any]) -> Dict[str, Any]:
+def scenario_migrate(params: dict[str, Any]) -> dict[str, Any]:
     """A migration guide's before and after: the helper turns one into the other, and the
     after settings run, with the pool the before settings asked for."""
     import autopool

@@ -14,7 +14,8 @@ monkey.patch_all()
 import json  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
-from typing import Any, Callable, Dict, List  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
 
 import gevent  # noqa: E402
 from gevent.event import Event  # noqa: E402
@@ -24,7 +25,7 @@ from tests.scenario_main import wait_until  # noqa: E402
 DB = "autopool_rel_gevent"
 
 
-def setup(databases: Dict[str, Dict[str, Any]]) -> Any:
+def setup(databases: dict[str, dict[str, Any]]) -> Any:
     """Configure Django with ``{alias: (pool, overrides)}`` on the server from the environment."""
     import django
     from django.conf import settings
@@ -55,7 +56,7 @@ def pool_of(alias: str = "default") -> Any:
     return next(registry.entries(alias)).pool
 
 
-def pool_state(alias: str = "default") -> Dict[str, int]:
+def pool_state(alias: str = "default") -> dict[str, int]:
     pool = pool_of(alias)
     return {"opened": pool.opened(), "idle": pool.checkedin(), "checked_out": pool.checkedout(),
             "waiting": pool.waiting(), "invalidated": pool.counters.connections_invalidated}
@@ -98,14 +99,14 @@ class Ticker:
         return self.max_gap
 
 
-def error_kind(exc: BaseException) -> List[Any]:
+def error_kind(exc: BaseException) -> list[Any]:
     code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
     return [f"{type(exc).__module__}.{type(exc).__name__}", code]
 
 
 # -- data safety under interruption ---------------------------------------------------------------
 
-def scenario_interrupt(args: Dict[str, Any]) -> Dict[str, Any]:
+def scenario_interrupt(args: dict[str, Any]) -> dict[str, Any]:
     """A greenlet killed (gevent.kill, gevent.Timeout) while its query runs: the next user of the
     pool must get its own results, and nothing the victim wrote may survive."""
     server = setup({"default": ({"pool_size": 1, "max_overflow": 0, "timeout": 5}, {})})
@@ -113,9 +114,9 @@ def scenario_interrupt(args: Dict[str, Any]) -> Dict[str, Any]:
                    "(id INT AUTO_INCREMENT PRIMARY KEY, v INT NOT NULL) ENGINE=InnoDB")
     from django.db import connection, transaction
 
-    out: Dict[str, Any] = {"class": None}
+    out: dict[str, Any] = {"class": None}
 
-    def next_user(tag: str) -> Dict[str, Any]:
+    def next_user(tag: str) -> dict[str, Any]:
         """Twenty queries whose answers must be their own."""
         wrong, errors = [], []
 
@@ -180,17 +181,17 @@ def scenario_interrupt(args: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def scenario_killed_waiter(args: Dict[str, Any]) -> Dict[str, Any]:
+def scenario_killed_waiter(args: dict[str, Any]) -> dict[str, Any]:
     """A greenlet killed (or timed out by gevent.Timeout) while it waits for a connection must not
     take a connection or a slot with it: ``kill`` and ``timeout`` while it is queued; ``handed``
     killed after a returned connection was handed to it, before it ran again."""
     setup({"default": ({"pool_size": 1, "max_overflow": 0, "timeout": 1}, {})})
     from django.db import connection
 
-    out: Dict[str, Any] = {}
+    out: dict[str, Any] = {}
     for how in ("kill", "timeout", "handed"):
         hold, held = Event(), Event()
-        case: Dict[str, Any] = {}
+        case: dict[str, Any] = {}
 
         def holder() -> None:
             try:
@@ -267,7 +268,7 @@ def select_connection_id() -> int:
 
 # -- server restart under load --------------------------------------------------------------------
 
-def scenario_restart(args: Dict[str, Any]) -> Dict[str, Any]:
+def scenario_restart(args: dict[str, Any]) -> dict[str, Any]:
     """Greenlets keep issuing requests while the server is stopped and started again."""
     from tests.mariadb import Server
 
@@ -279,7 +280,7 @@ def scenario_restart(args: Dict[str, Any]) -> Dict[str, Any]:
     own = Server(port=server.port, directory=args["dir"], pid=args["pid"])
     from django.db import connection
 
-    log: List[List[Any]] = []  # [start, end, error kind or None]
+    log: list[list[Any]] = []  # [start, end, error kind or None]
     stop = Event()
 
     def worker() -> None:
@@ -349,7 +350,7 @@ def _upstream_port(connection: Any) -> int:
         return int(cur.fetchone()[0].rsplit(":", 1)[1])
 
 
-def scenario_stall(args: Dict[str, Any]) -> Dict[str, Any]:
+def scenario_stall(args: dict[str, Any]) -> dict[str, Any]:
     """One connection's server stops answering mid-query: that request fails within read_timeout
     while the other greenlets keep being served by the same pool."""
     from tests.mariadb import Server
@@ -379,7 +380,7 @@ def scenario_stall(args: Dict[str, Any]) -> Dict[str, Any]:
         go.set()
         gevent.joinall(warmers, timeout=10)
 
-        result: Dict[str, Any] = {}
+        result: dict[str, Any] = {}
         stalled = Event()
 
         def victim() -> None:
@@ -402,7 +403,7 @@ def scenario_stall(args: Dict[str, Any]) -> Dict[str, Any]:
             finally:
                 connection.close()
 
-        served: List[float] = []
+        served: list[float] = []
         stop = Event()
 
         def other() -> None:
@@ -442,7 +443,7 @@ def scenario_stall(args: Dict[str, Any]) -> Dict[str, Any]:
         proxy.stop()
 
 
-def scenario_blackhole(args: Dict[str, Any]) -> Dict[str, Any]:
+def scenario_blackhole(args: dict[str, Any]) -> dict[str, Any]:
     """A server that accepts but never answers: connecting is bounded by connect_timeout (and, for
     PyMySQL's handshake, read_timeout) while greenlets on another alias keep working."""
     from tests.mariadb import Server
@@ -462,8 +463,8 @@ def scenario_blackhole(args: Dict[str, Any]) -> Dict[str, Any]:
 
         connections["default"].ensure_connection()
         connections["default"].close()
-        result: Dict[str, Any] = {}
-        served: List[float] = []
+        result: dict[str, Any] = {}
+        served: list[float] = []
         stop = Event()
 
         def frozen() -> None:

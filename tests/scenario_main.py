@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, Dict
+from typing import Any
 
 
-def main(namespace: Dict[str, Any]) -> None:
+def main(namespace: dict[str, Any]) -> None:
     """Run ``scenario_<argv[1]>`` with JSON ``argv[2]``; print its JSON result and exit at once."""
     params = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
     result = namespace["scenario_" + sys.argv[1]](params)

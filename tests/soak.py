@@ -49,7 +49,7 @@ import random  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections import Counter  # noqa: E402
-from typing import Any, Dict, List, Optional  # noqa: E402
+from typing import Any  # noqa: E402
 
 import gevent  # noqa: E402
 from gevent.event import Event  # noqa: E402
@@ -95,7 +95,7 @@ def configure(server: Any) -> None:
 
     djsettings.use_driver()
 
-    def db(pool: Dict[str, Any]) -> Dict[str, Any]:
+    def db(pool: dict[str, Any]) -> dict[str, Any]:
         return djsettings.database(server, DB, pool, USER=USER, PASSWORD=PASSWORD,
                                    OPTIONS={"charset": "utf8mb4", "connect_timeout": 5, "read_timeout": 10})
 
@@ -117,8 +117,8 @@ class Soak:
         self.server, self.seconds, self.greenlets = server, seconds, greenlets
         self.rng = random.Random(seed)
         self.outcomes: Counter = Counter()  # (kind, outcome)
-        self.broken: List[str] = []
-        self.unexpected: List[str] = []
+        self.broken: list[str] = []
+        self.unexpected: list[str] = []
         self.kills = 0
         self.stop = Event()
 
@@ -268,7 +268,7 @@ class Soak:
         from django.db import connections
 
         all_held = Event()
-        held: List[int] = []
+        held: list[int] = []
 
         def use() -> None:
             conn = connections[alias]
@@ -306,7 +306,7 @@ class Soak:
             release.set()
             gevent.joinall(holders, timeout=10)
 
-    def run(self) -> Dict[str, Any]:
+    def run(self) -> dict[str, Any]:
         from autopool import registry
 
         gc.collect()
@@ -315,7 +315,7 @@ class Soak:
         workers = [gevent.spawn(self.worker, i) for i in range(self.greenlets)]
         killer = gevent.spawn(self.killer)
         squeezer = gevent.spawn(self.squeezer)
-        baseline: Optional[Dict[str, int]] = None
+        baseline: dict[str, int] | None = None
         peak_rss = 0
         while time.monotonic() < start + self.seconds:
             self.stop.wait(0.25)
@@ -353,7 +353,7 @@ class Soak:
         balance = int(self.server.execute(f"SELECT SUM(balance) FROM {DB}.account")[0][0])
         markers = int(self.server.execute(f"SELECT COUNT(*) FROM {DB}.marker")[0][0])
 
-        outcomes: Dict[str, Dict[str, int]] = {}
+        outcomes: dict[str, dict[str, int]] = {}
         for (kind, outcome), count in sorted(self.outcomes.items()):
             outcomes.setdefault(kind, {})[outcome] = count
         total = sum(self.outcomes.values())
@@ -385,7 +385,7 @@ class Soak:
         }
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.soak", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=float(os.environ.get("AUTOPOOL_SOAK_SECONDS", 20)))

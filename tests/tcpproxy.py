@@ -33,7 +33,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 MODES = ("forward", "blackhole", "reset", "stall")
 
@@ -54,15 +54,15 @@ def _reset(sock: socket.socket) -> None:
 class Pipe:
     """One proxied connection: two pumps, each with a byte budget (None: unlimited, 0: stalled)."""
 
-    def __init__(self, proxy: "Proxy", client: socket.socket, mode: str) -> None:
+    def __init__(self, proxy: Proxy, client: socket.socket, mode: str) -> None:
         self.proxy, self.client, self.mode = proxy, client, mode
-        self.upstream: Optional[socket.socket] = None
-        self.upstream_port: Optional[int] = None
+        self.upstream: socket.socket | None = None
+        self.upstream_port: int | None = None
         self.cond = threading.Condition()
         stalled = mode == "stall"
-        self.budget: Dict[str, Optional[int]] = {"up": 0 if stalled else None, "down": 0 if stalled else None}
+        self.budget: dict[str, int | None] = {"up": 0 if stalled else None, "down": 0 if stalled else None}
         self.closed = False
-        self.threads: List[threading.Thread] = []
+        self.threads: list[threading.Thread] = []
 
     def start(self) -> None:
         t = threading.Thread(target=self._run, daemon=True)
@@ -148,7 +148,7 @@ class Pipe:
             if sock is not None:
                 _reset(sock)
 
-    def info(self) -> Dict[str, Any]:
+    def info(self) -> dict[str, Any]:
         return {"upstream_port": self.upstream_port, "mode": self.mode, "closed": self.closed,
                 "budget": dict(self.budget)}
 
@@ -164,12 +164,12 @@ class Proxy:
         self.listener.listen(128)
         self.host, self.port = self.listener.getsockname()[:2]
         self.mode = "forward"
-        self.pipes: List[Pipe] = []
+        self.pipes: list[Pipe] = []
         self.lock = threading.Lock()
         self.stopping = False
         self.thread = threading.Thread(target=self._accept, daemon=True)
 
-    def start(self) -> "Proxy":
+    def start(self) -> Proxy:
         self.thread.start()
         return self
 
@@ -188,7 +188,7 @@ class Proxy:
                 self.pipes.append(pipe)
             pipe.start()
 
-    def select(self, upstream_port: Optional[int]) -> List[Pipe]:
+    def select(self, upstream_port: int | None) -> list[Pipe]:
         with self.lock:
             pipes = [p for p in self.pipes if not p.closed]
         if upstream_port is None:
@@ -215,7 +215,7 @@ class Proxy:
             t.join(max(deadline - time.monotonic(), 0))
         return not any(t.is_alive() for t in [self.thread] + [t for p in pipes for t in p.threads])
 
-    def handle(self, request: Dict[str, Any]) -> Any:
+    def handle(self, request: dict[str, Any]) -> Any:
         op, port = request["op"], request.get("port")
         if op == "list":
             return [p.info() for p in self.select(None)]
@@ -265,11 +265,11 @@ class ProxyProcess:
     def __init__(self, upstream_host: str, upstream_port: int, timeout: float = 10.0) -> None:
         self.upstream = (upstream_host, int(upstream_port))
         self.timeout = timeout
-        self.proc: Optional[subprocess.Popen] = None
+        self.proc: subprocess.Popen | None = None
         self._buf = b""
         self.host, self.port = "127.0.0.1", 0
 
-    def start(self) -> "ProxyProcess":
+    def start(self) -> ProxyProcess:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self.proc = subprocess.Popen([sys.executable, "-m", "tests.tcpproxy", self.upstream[0], str(self.upstream[1])],
@@ -278,7 +278,7 @@ class ProxyProcess:
         self.host, self.port = hello["host"], hello["port"]
         return self
 
-    def _read(self) -> Dict[str, Any]:
+    def _read(self) -> dict[str, Any]:
         assert self.proc is not None and self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
         deadline = time.monotonic() + self.timeout
@@ -304,19 +304,19 @@ class ProxyProcess:
             raise RuntimeError(answer["error"])
         return answer["ok"]
 
-    def pipes(self) -> List[Dict[str, Any]]:
+    def pipes(self) -> list[dict[str, Any]]:
         return self.request("list")
 
     def set_mode(self, mode: str) -> None:
         self.request("mode", mode=mode)
 
-    def stall(self, port: Optional[int] = None, after_bytes: int = 0, requests: bool = True) -> int:
+    def stall(self, port: int | None = None, after_bytes: int = 0, requests: bool = True) -> int:
         return self.request("stall", port=port, after_bytes=after_bytes, requests=requests)
 
-    def resume(self, port: Optional[int] = None) -> int:
+    def resume(self, port: int | None = None) -> int:
         return self.request("resume", port=port)
 
-    def cut(self, port: Optional[int] = None) -> int:
+    def cut(self, port: int | None = None) -> int:
         return self.request("cut", port=port)
 
     def stop(self) -> None:
@@ -342,7 +342,7 @@ class ProxyProcess:
                 if f is not None:
                     f.close()
 
-    def __enter__(self) -> "ProxyProcess":
+    def __enter__(self) -> ProxyProcess:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

@@ -14,7 +14,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import pytest
 
@@ -219,15 +219,15 @@ def project(tmp_path_factory: pytest.TempPathFactory, mariadb: Server) -> Path:
     mariadb.execute(f"DROP DATABASE IF EXISTS {DB_NAME}")
 
 
-def database(server: Server, **extra: Any) -> Dict[str, Any]:
+def database(server: Server, **extra: Any) -> dict[str, Any]:
     db = {"ENGINE": "django.db.backends.mysql", "NAME": DB_NAME, "HOST": server.host, "PORT": str(server.port),
           "USER": server.user, "PASSWORD": server.password}
     db.update(extra)
     return db
 
 
-def run(project: Path, args: List[str], databases: Dict[str, Any], settings: Optional[Dict[str, Any]] = None,
-        env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+def run(project: Path, args: list[str], databases: dict[str, Any], settings: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items() if k not in ("AUTOPOOL_ENABLED", "DJANGO_SETTINGS_MODULE")}
     environ.update(PYTHONPATH=os.pathsep.join([str(project), str(ROOT)]), PYTHONDONTWRITEBYTECODE="1",
                    ADV_DATABASES=json.dumps(databases), ADV_SETTINGS=json.dumps(settings or {}),
@@ -238,18 +238,18 @@ def run(project: Path, args: List[str], databases: Dict[str, Any], settings: Opt
     return proc
 
 
-def serve(project: Path, kind: str, databases: Dict[str, Any], requests: int = 4,
-          **kw: Any) -> tuple[List[Dict[str, Any]], str]:
+def serve(project: Path, kind: str, databases: dict[str, Any], requests: int = 4,
+          **kw: Any) -> tuple[list[dict[str, Any]], str]:
     proc = run(project, ["drive.py", kind, str(requests)], databases, **kw)
     return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
 
 
-def logged(stderr: str, check_id: str) -> List[str]:
+def logged(stderr: str, check_id: str) -> list[str]:
     """The ``autopool`` logger's WARNING records for ``check_id``."""
     return [line for line in stderr.splitlines() if line.startswith(f"LOG WARNING autopool {check_id}: ")]
 
 
-def assert_pooled(results: List[Dict[str, Any]]) -> None:
+def assert_pooled(results: list[dict[str, Any]]) -> None:
     assert all(r["installed"] and r["pools"] == ["default"] for r in results), results
     assert len({r["cid"] for r in results}) == 1, results  # one server session served every request
 
@@ -360,7 +360,7 @@ def test_persistent_unpooled_connections_under_asgi_warn_at_start_up(project: Pa
 
 
 
-def _gunicorn(project: Path, databases: Dict[str, Any], settings: Optional[Dict[str, Any]] = None) -> Any:
+def _gunicorn(project: Path, databases: dict[str, Any], settings: dict[str, Any] | None = None) -> Any:
     """``gunicorn -k gevent`` serving the stock wsgi.py; returns (process, port)."""
     from tests.mariadb import free_port
 
@@ -376,7 +376,7 @@ def _gunicorn(project: Path, databases: Dict[str, Any], settings: Optional[Dict[
     return proc, port
 
 
-def _get(port: int) -> Dict[str, Any]:
+def _get(port: int) -> dict[str, Any]:
     import http.client
 
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -389,7 +389,7 @@ def _get(port: int) -> Dict[str, Any]:
         conn.close()
 
 
-def _load(port: int, clients: int, each: int) -> List[Dict[str, Any]]:
+def _load(port: int, clients: int, each: int) -> list[dict[str, Any]]:
     import threading
     import time
 

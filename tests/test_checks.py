@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
@@ -20,11 +20,11 @@ def _django(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AUTOPOOL_ENABLED", raising=False)
 
 
-def ids(messages: List[Any]) -> List[str]:
+def ids(messages: list[Any]) -> list[str]:
     return sorted(m.id for m in messages)
 
 
-def run(databases: Dict[str, Any], installed: bool = True, enabled: bool = True) -> List[Any]:
+def run(databases: dict[str, Any], installed: bool = True, enabled: bool = True) -> list[Any]:
     from autopool.checks import check_databases
 
     return check_databases(databases, installed=installed, enabled=enabled)
@@ -140,7 +140,7 @@ def test_registered_check_reads_settings(obs_server: Server, monkeypatch: pytest
 
 # -- manage.py check in a real project ----------------------------------------------------------
 
-def check(project: Path, dbs: Dict[str, Any], *args: str, **kw: Any) -> Any:
+def check(project: Path, dbs: dict[str, Any], *args: str, **kw: Any) -> Any:
     result = manage(project, "check", *args, databases=dbs, **kw)
     result.output = result.stdout + result.stderr
     return result

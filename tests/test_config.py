@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
-from sqlalchemy.pool import NullPool, QueuePool as SAQueuePool
+from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import QueuePool as SAQueuePool
 
 from autopool import config, presets
 from autopool.pool import DjangoQueuePool, QueuePool
@@ -178,9 +179,9 @@ def test_dialect_accepts_a_mysql_dialect_instance():
 
 def _dialects():
     from sqlalchemy.dialects.mysql.asyncmy import MySQLDialect_asyncmy
+    from sqlalchemy.dialects.mysql.mariadbconnector import MySQLDialect_mariadbconnector
     from sqlalchemy.dialects.mysql.mysqldb import MySQLDialect_mysqldb
     from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
-    from sqlalchemy.dialects.mysql.mariadbconnector import MySQLDialect_mariadbconnector
 
     return [
         ("postgresql", "unknown dialect 'postgresql'"),

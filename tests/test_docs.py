@@ -17,7 +17,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 import pytest
 
@@ -75,9 +75,9 @@ def test_sphinx_builds_without_warnings(tmp_path: Path):
 
 # -- outputs shown in the documentation ----------------------------------------------------------
 
-def shown_outputs() -> Dict[str, str]:
+def shown_outputs() -> dict[str, str]:
     """``{name: block}`` for each literal block that follows an ``.. output-check: NAME`` comment."""
-    found: Dict[str, str] = {}
+    found: dict[str, str] = {}
     for path in sorted(DOCS.glob("*.rst")):
         text = path.read_text(encoding="utf-8")
         for match in re.finditer(r"^ *\.\. output-check: (\S+)\n", text, re.M):
@@ -87,7 +87,7 @@ def shown_outputs() -> Dict[str, str]:
     return found
 
 
-def normalise(text: str) -> List[str]:
+def normalise(text: str) -> list[str]:
     text = re.sub(r"valid options are: [a-z_, ]+", "valid options are: …", text)
     text = re.sub(r"<PoolEntry alias='(\w+)' [^>]*>", r"<PoolEntry alias='\1' …>", text)
     text = re.sub(r"\d+", "N", text)
@@ -106,7 +106,7 @@ def test_every_output_check_is_run():
                                "stats-fresh", "stats-json", "stats-table"]
 
 
-def two_aliases(server: Server, **default: Any) -> Dict[str, Any]:
+def two_aliases(server: Server, **default: Any) -> dict[str, Any]:
     return {"default": database(server, POOL={"pool_size": 10, "max_overflow": 10, "timeout": 10}, **default),
             "replica": database(server, POOL="fast_and_sane")}
 
@@ -170,7 +170,7 @@ def test_stats_table_and_json_have_the_code_s_rows(project: Path, mariadb: Serve
     assert keys[:len(head)] == head and keys[-2:] == shown_keys[-2:]
 
 
-def _env(project: Path, dbs: Dict[str, Any]) -> Dict[str, str]:
+def _env(project: Path, dbs: dict[str, Any]) -> dict[str, str]:
     import json
     import os
 
@@ -182,13 +182,13 @@ def _env(project: Path, dbs: Dict[str, Any]) -> Dict[str, str]:
 
 # -- install lines ------------------------------------------------------------------------------
 
-def setup_kwargs() -> Dict[str, Any]:
+def setup_kwargs() -> dict[str, Any]:
     """What setup.py passes to setuptools.setup()."""
     import runpy
 
     import setuptools
 
-    captured: Dict[str, Any] = {}
+    captured: dict[str, Any] = {}
     original = setuptools.setup
     setuptools.setup = lambda **kw: captured.update(kw)
     try:

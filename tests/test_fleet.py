@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Dict, Iterator
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -40,7 +41,7 @@ def dead_port() -> int:
         return s.getsockname()[1]
 
 
-def databases(one: Server, two: Server, **cluster_pool: Any) -> Dict[str, Any]:
+def databases(one: Server, two: Server, **cluster_pool: Any) -> dict[str, Any]:
     pool = dict({"pool_size": 4, "max_overflow": 6,
                  "hosts": [f"127.0.0.1:{one.port}", f"127.0.0.1:{two.port}"]}, **cluster_pool)
     return {

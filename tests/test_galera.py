@@ -20,7 +20,8 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any, Dict, Iterator, List
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -98,7 +99,7 @@ class Load:
         self.log.seek(0)
         return self.log.read()[-5000:]
 
-    def finish(self) -> Dict[str, Any]:
+    def finish(self) -> dict[str, Any]:
         open(self.args["stop_file"], "w").close()
         try:
             self.proc.wait(60)
@@ -123,13 +124,13 @@ def wait_for(predicate: Any, timeout: float, what: str) -> float:
     return time.time()
 
 
-def event_time(result: Dict[str, Any], text: str, after: float = 0.0) -> float:
+def event_time(result: dict[str, Any], text: str, after: float = 0.0) -> float:
     times = [t for t, msg in result["events"] if text in msg and t >= after]
     assert times, f"no event {text!r} after {after}: {result['events']}"
     return times[0]
 
 
-def check_writes_everywhere(cluster: Any, records: List[list]) -> int:
+def check_writes_everywhere(cluster: Any, records: list[list]) -> int:
     written = {r[6] for r in records if r[2] == "w" and r[3]}
     for node in cluster.nodes:
         node.wait_synced(60)
@@ -146,7 +147,7 @@ def save_timeline(tmp: Any, **times: float) -> None:
         json.dump(times, f)
 
 
-def summarize(name: str, figures: Dict[str, Any]) -> None:
+def summarize(name: str, figures: dict[str, Any]) -> None:
     print(f"\ngalera {name}: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
                                           for k, v in figures.items()), file=sys.stderr)
 

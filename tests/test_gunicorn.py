@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import http.client
 import os
+import signal
 import subprocess
 import sys
-import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 import pytest
 
@@ -153,7 +153,7 @@ def test_readme_hooks_with_the_gevent_worker_scrape_each_worker_and_end_every_se
                                  "-b", f"127.0.0.1:{port}", "example_project.wsgi"],
                                 cwd=EXAMPLE, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        def both_workers_scraped() -> Dict[int, str]:
+        def both_workers_scraped() -> dict[int, str]:
             bodies = {}
             for p in range(metrics_base, metrics_base + 4):
                 try:
@@ -165,9 +165,9 @@ def test_readme_hooks_with_the_gevent_worker_scrape_each_worker_and_end_every_se
         assert proc.poll() is None, log_path.read_text()
         wait_until(both_workers_scraped, 60, "both workers' metrics ports")
         pool_metric = 'autopool_pool_size{alias="default",database="%s"} %d.0' % (DB, POOL_SIZE)
-        statuses: List[Any] = []
+        statuses: list[Any] = []
 
-        def requests_then_scrape() -> Dict[int, str]:
+        def requests_then_scrape() -> dict[int, str]:
             """Concurrent slow requests (each worker takes some and keeps its connections
             pooled); then both workers' metrics, once both show their pool."""
             def client() -> None:
@@ -184,7 +184,7 @@ def test_readme_hooks_with_the_gevent_worker_scrape_each_worker_and_end_every_se
             bodies = both_workers_scraped()
             return bodies if all(pool_metric in body for body in bodies.values()) else {}
 
-        bodies = wait_until(requests_then_scrape, 60, "both workers serving, each with its pool")
+        wait_until(requests_then_scrape, 60, "both workers serving, each with its pool")
         assert set(statuses) == {200}
         user = mariadb.env()["AUTOPOOL_TEST_MYSQL_USER"]
         before = db_sessions(mariadb, user)

@@ -10,7 +10,8 @@ import contextlib
 import copy
 import socket
 import time
-from typing import Any, Dict, Iterator, List
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
@@ -36,7 +37,7 @@ def dead_port() -> int:
 
 
 @contextlib.contextmanager
-def multi_alias(alias: str, hosts: List[str], options: Any = None, **pool: Any) -> Iterator[Any]:
+def multi_alias(alias: str, hosts: list[str], options: Any = None, **pool: Any) -> Iterator[Any]:
     entry = copy.deepcopy(connections.settings["default"])
     host, _, port = hosts[0].rpartition(":")
     entry.update(HOST=host, PORT=port, POOL=dict({"pool_size": 4, "max_overflow": 0, "timeout": 5,
@@ -56,8 +57,8 @@ def multi_alias(alias: str, hosts: List[str], options: Any = None, **pool: Any) 
 
 
 @pytest.fixture
-def proxies(server: Any) -> Iterator[List[ProxyProcess]]:
-    started: List[ProxyProcess] = []
+def proxies(server: Any) -> Iterator[list[ProxyProcess]]:
+    started: list[ProxyProcess] = []
     try:
         for _ in range(2):
             started.append(ProxyProcess(server.host, server.port).start())
@@ -98,7 +99,7 @@ def one_query(conn: Any) -> int:
         conn.close()
 
 
-def idle_hosts(alias: str) -> List[int]:
+def idle_hosts(alias: str) -> list[int]:
     idle, _ = entry_of(alias).pool.connection_records()
     # An invalidated entry stays pooled (reconnected at its next checkout): not a connection to a host.
     return sorted(rec.info[hosts_mod.HOST_KEY][0] for rec in idle if rec.dbapi_connection is not None)
@@ -118,7 +119,7 @@ def idle_hosts(alias: str) -> List[int]:
     ({"replica_of": ""}, "replica_of"),
     ({"max_replica_lag": "soon"}, "max_replica_lag"),
 ])
-def test_bad_cluster_options_are_named(setting: Dict[str, Any], message: str) -> None:
+def test_bad_cluster_options_are_named(setting: dict[str, Any], message: str) -> None:
     from autopool import config
 
     with pytest.raises(ImproperlyConfigured) as info:
@@ -136,7 +137,7 @@ def test_hosts_are_parsed() -> None:
 
 @pytest.mark.parametrize("options, missing", [({}, "'connect_timeout' and 'read_timeout'"),
                                               ({"connect_timeout": 2}, "'read_timeout'")])
-def test_multi_host_alias_needs_timeouts(server: Any, options: Dict[str, Any], missing: str) -> None:
+def test_multi_host_alias_needs_timeouts(server: Any, options: dict[str, Any], missing: str) -> None:
     with multi_alias("mh_cfg", [f"{server.host}:{server.port}"], options=options) as conn:
         with pytest.raises(ImproperlyConfigured) as info:
             conn.ensure_connection()
@@ -155,7 +156,7 @@ def test_failover_skips_a_dead_first_host(server: Any) -> None:
         assert first["port"] == dead and second["idle"] == 1
 
 
-def test_round_robin_spreads_connections(server: Any, proxies: List[ProxyProcess]) -> None:
+def test_round_robin_spreads_connections(server: Any, proxies: list[ProxyProcess]) -> None:
     hosts = [f"127.0.0.1:{p.port}" for p in proxies]
     with multi_alias("mh_rr", hosts, host_policy="round_robin") as conn:
         conn.ensure_connection()  # creates the pool
@@ -184,7 +185,7 @@ def test_all_hosts_down_raises_naming_every_host_within_timeout() -> None:
 
 # -- failure and fail-back -------------------------------------------------------------------------
 
-def test_failover_and_failback_through_a_cut_host(server: Any, proxies: List[ProxyProcess]) -> None:
+def test_failover_and_failback_through_a_cut_host(server: Any, proxies: list[ProxyProcess]) -> None:
     a, b = proxies
     with multi_alias("mh_fo", [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"]) as conn:
         assert one_query(conn) == 0
@@ -219,7 +220,7 @@ def test_failover_and_failback_through_a_cut_host(server: Any, proxies: List[Pro
 
 
 def test_a_connection_checked_out_when_its_host_fails_is_not_pooled(server: Any,
-                                                                     proxies: List[ProxyProcess]) -> None:
+                                                                     proxies: list[ProxyProcess]) -> None:
     a, b = proxies
     with multi_alias("mh_out", [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"]) as conn:
         conn.ensure_connection()
@@ -236,7 +237,7 @@ def test_a_connection_checked_out_when_its_host_fails_is_not_pooled(server: Any,
 
 
 def test_a_single_killed_connection_does_not_fail_a_healthy_host_over(server: Any,
-                                                                      proxies: List[ProxyProcess]) -> None:
+                                                                      proxies: list[ProxyProcess]) -> None:
     a, b = proxies
     with multi_alias("mh_kill", [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"]) as conn:
         with conn.cursor() as cur:

@@ -19,7 +19,8 @@ the pool than ``pool_size + max_overflow``.
 from __future__ import annotations
 
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 from unittest import mock
 
 import pytest

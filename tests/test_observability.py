@@ -18,8 +18,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any
 
 import pytest
 
@@ -44,7 +45,7 @@ def ensure_django() -> None:
     django.setup()
 
 
-def db_settings(server: Server, name: str = DB_NAME, **extra: Any) -> Dict[str, Any]:
+def db_settings(server: Server, name: str = DB_NAME, **extra: Any) -> dict[str, Any]:
     settings = {"ENGINE": "django.db.backends.mysql", "HOST": server.host, "PORT": str(server.port),
                 "USER": server.user, "PASSWORD": server.password, "NAME": name}
     settings.update(extra)
@@ -61,13 +62,13 @@ def obs_server(mariadb: Server) -> Server:
 class Pooled:
     """Private aliases, each a ``DATABASES`` entry, and fresh wrappers of them."""
 
-    def __init__(self, databases: Dict[str, Dict[str, Any]]) -> None:
+    def __init__(self, databases: dict[str, dict[str, Any]]) -> None:
         from django.db.utils import ConnectionHandler
 
         self.aliases = list(databases)
         # Django insists on a 'default'; this one never connects.
         self.handler = ConnectionHandler({"default": {"ENGINE": "django.db.backends.dummy"}, **databases})
-        self.wrappers: List[Any] = []
+        self.wrappers: list[Any] = []
 
     def wrapper(self, alias: str) -> Any:
         """A new DatabaseWrapper of ``alias`` (as a new thread or greenlet would get)."""
@@ -102,9 +103,9 @@ def pooled(obs_server: Server) -> Iterator[Callable[..., Pooled]]:
 
     was_installed = autopool.is_installed()
     autopool.install()
-    made: List[Pooled] = []
+    made: list[Pooled] = []
 
-    def make(pools: Dict[str, Any], name: str = DB_NAME, **overrides: Any) -> Pooled:
+    def make(pools: dict[str, Any], name: str = DB_NAME, **overrides: Any) -> Pooled:
         p = Pooled({alias: db_settings(obs_server, name, POOL=pool, **overrides) for alias, pool in pools.items()})
         made.append(p)
         return p
@@ -126,7 +127,7 @@ def sessions_on(server: Server, db: str) -> int:
     return int(server.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = %s", (db,))[0][0])
 
 
-def one(alias: str) -> Dict[str, Any]:
+def one(alias: str) -> dict[str, Any]:
     import autopool
 
     rows = autopool.stats(alias)
@@ -160,7 +161,7 @@ def test_stats_fields_follow_real_checkouts(pooled: Callable[..., Pooled], obs_s
     assert sessions_on(obs_server, db) == 3  # the numbers are real server sessions
 
     # A fourth request waits, is seen waiting, then times out.
-    errors: List[BaseException] = []
+    errors: list[BaseException] = []
 
     def fourth() -> None:
         w = p.handler.create_connection("obs_stats")
@@ -248,7 +249,7 @@ def test_stats_filters_and_takes_no_pool_lock(pooled: Callable[..., Pooled]) -> 
     assert {"obs_lock_a", "obs_lock_b"} <= {r["alias"] for r in autopool.stats()}
     assert autopool.stats("obs_no_such_alias") == []
     # stats() while a checkout holds the pool's lock: it must not wait for it.
-    out: List[Any] = []
+    out: list[Any] = []
     with p.pool("obs_lock_a")._lock:
         t = threading.Thread(target=lambda: out.append(autopool.stats("obs_lock_a")), daemon=True)
         t.start()
@@ -305,7 +306,7 @@ def test_command_stats_and_dispose_in_process(pooled: Callable[..., Pooled], obs
 class Capture(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
-        self.records: List[logging.LogRecord] = []
+        self.records: list[logging.LogRecord] = []
         self.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -348,7 +349,7 @@ def test_logs_name_the_alias_and_never_the_password(pooled: Callable[..., Pooled
     logs = capture_logs(logging.DEBUG)
     p = pooled({"obs_log": {"pool_size": 1, "max_overflow": 0, "timeout": 0.2, "leak_detection_threshold": 0.1}})
     bad = pooled({"obs_log_bad": {}}, PASSWORD=WRONG_PASSWORD)
-    outputs: List[str] = []
+    outputs: list[str] = []
 
     # Real work: queries, a transaction rolled back on return.
     w = p.wrapper("obs_log")
@@ -452,7 +453,7 @@ def test_no_debug_logging_on_checkout_when_disabled(pooled: Callable[..., Pooled
     w.ensure_connection()
     w.close()
     logs = capture_logs(logging.INFO)
-    calls: List[str] = []
+    calls: list[str] = []
     real_debug = logging.Logger.debug
 
     def spy(self: logging.Logger, *args: Any, **kwargs: Any) -> Any:
@@ -523,8 +524,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def manage(project: Path, *args: str, databases: Dict[str, Any], install: bool = True,
-           driver: Optional[str] = None, debug_log: bool = False, env: Optional[Dict[str, str]] = None,
+def manage(project: Path, *args: str, databases: dict[str, Any], install: bool = True,
+           driver: str | None = None, debug_log: bool = False, env: dict[str, str] | None = None,
            timeout: float = 120) -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items() if k != "AUTOPOOL_ENABLED"}
     environ.update(PYTHONPATH=os.pathsep.join([str(ROOT), environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
@@ -539,7 +540,7 @@ def manage(project: Path, *args: str, databases: Dict[str, Any], install: bool =
                           capture_output=True, timeout=timeout)
 
 
-def table(stdout: str) -> Dict[str, List[str]]:
+def table(stdout: str) -> dict[str, list[str]]:
     return {line.split()[0]: line.split()[1:] for line in stdout.splitlines()
             if line.strip() and not line.startswith("Note:")}
 
@@ -591,7 +592,7 @@ def test_manage_py_dispose(project: Path, obs_server: Server) -> None:
     assert "no pool yet in this process for 'default'" in run.stdout
 
 
-def check_server(project: Path, dbs: Dict[str, Any], *args: str, **kw: Any) -> subprocess.CompletedProcess:
+def check_server(project: Path, dbs: dict[str, Any], *args: str, **kw: Any) -> subprocess.CompletedProcess:
     return manage(project, "autopool", "check-server", *args, databases=dbs, **kw)
 
 

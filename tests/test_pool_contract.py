@@ -44,7 +44,7 @@ class Server:
         self.closing = threading.Event()  # set while a close is held by ``hold_close``
         self.hold_close: threading.Event | None = None
 
-    def connect(self) -> "Conn":
+    def connect(self) -> Conn:
         if self.fail_connect:
             raise ConnectionError("server down")
         with self.lock:
@@ -114,7 +114,7 @@ def test_between_pool_size_and_the_cap_a_returned_connection_is_reused(cls: type
     pool, server = make(cls, pool_size=5, max_overflow=10)
     held = [pool.connect() for _ in range(9)]
     assert server.opened == 9
-    for i in range(500):
+    for _ in range(500):
         held.pop(0).close()
         held.append(pool.connect())
     assert server.opened == 9 and pool.checkedout() == 9

@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-from typing import Any, Iterator, List
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
@@ -188,7 +189,7 @@ def test_a_callable_turning_bad_in_housekeeping_logs_one_line(server: Server,
         conn.close()
         pool = the_pool("cb_house")
 
-        def errors() -> List[logging.LogRecord]:
+        def errors() -> list[logging.LogRecord]:
             return [r for r in caplog.records if r.name == "autopool" and r.levelno >= logging.ERROR
                     and "cb_house" in r.getMessage()]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 import sys
 import threading
-from typing import Callable, Dict, Tuple
+from collections.abc import Callable
 
 import pytest
 
@@ -17,10 +17,10 @@ prometheus_client = pytest.importorskip("prometheus_client")
 from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-Samples = Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-def scrape(registry: CollectorRegistry) -> Tuple[str, Samples]:
+def scrape(registry: CollectorRegistry) -> tuple[str, Samples]:
     text = generate_latest(registry).decode()
     samples: Samples = {}
     for family in text_string_to_metric_families(text):
@@ -29,7 +29,7 @@ def scrape(registry: CollectorRegistry) -> Tuple[str, Samples]:
     return text, samples
 
 
-def labels(alias: str, database: str = DB_NAME, **extra: str) -> Tuple[Tuple[str, str], ...]:
+def labels(alias: str, database: str = DB_NAME, **extra: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(dict(alias=alias, database=database, **extra).items()))
 
 
@@ -104,7 +104,7 @@ def test_exporter_reports_live_pools(pooled: Callable[..., Pooled], obs_server: 
 
 
 def test_extra_labels_and_describe(pooled: Callable[..., Pooled]) -> None:
-    from autopool.contrib.prometheus import GAUGES, COUNTERS, AutopoolCollector, register
+    from autopool.contrib.prometheus import COUNTERS, GAUGES, AutopoolCollector, register
 
     p = pooled({"obs_prom_worker": {}})
     w = p.wrapper("obs_prom_worker")

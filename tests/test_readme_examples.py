@@ -9,7 +9,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import Any, Dict
+from typing import Any
 
 import pytest
 
@@ -37,7 +37,7 @@ def test_every_python_example_is_marked_and_named():
 def run(mariadb):
     mariadb.execute(f"DROP DATABASE IF EXISTS {readme_examples.DB}")
 
-    def run(name: str, **params: Any) -> Dict[str, Any]:
+    def run(name: str, **params: Any) -> dict[str, Any]:
         env = dict(os.environ, **mariadb.env())
         proc = subprocess.run([sys.executable, "-m", "tests.readme_examples", name, json.dumps(params)],
                               capture_output=True, text=True, env=env, timeout=120)

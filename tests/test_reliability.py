@@ -26,7 +26,8 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from collections.abc import Callable, Iterator
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -60,10 +61,10 @@ def assert_consistent(pool: Any) -> None:
     assert pool.opened() == pool.checkedin(), pool.status()
 
 
-def sessions(server: Server, db: Optional[str] = None, user: Optional[str] = None) -> List[tuple]:
+def sessions(server: Server, db: str | None = None, user: str | None = None) -> list[tuple]:
     """(ID, USER, DB, COMMAND, STATE, INFO) of the server's client sessions, filtered."""
     sql = "SELECT ID, USER, DB, COMMAND, STATE, INFO FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID()"
-    args: List[Any] = []
+    args: list[Any] = []
     if db is not None:
         sql += " AND DB = %s"
         args.append(db)
@@ -115,7 +116,7 @@ class Later(threading.Thread):
     def __init__(self, ready: Callable[[], bool], action: Callable[[], Any], timeout: float = 10.0) -> None:
         super().__init__(daemon=True)
         self.ready, self.action, self.timeout = ready, action, timeout
-        self.error: Optional[BaseException] = None
+        self.error: BaseException | None = None
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -192,7 +193,7 @@ def adopt_restarted(server: Server) -> None:
             old.poll()  # reap the stopped one
 
 
-def run_scenario(name: str, env: Dict[str, str], timeout: float = 120, **params: Any) -> Dict[str, Any]:
+def run_scenario(name: str, env: dict[str, str], timeout: float = 120, **params: Any) -> dict[str, Any]:
     """Run ``tests.reliability_scenarios NAME`` in a fresh monkey-patched process; its JSON result."""
     full_env = dict(os.environ, **env)
     try:
@@ -441,7 +442,7 @@ def isolation(conn: Any) -> str:
         return query(conn, "SELECT @@SESSION.tx_isolation")[0]
 
 
-def session_state(conn: Any, server: Server) -> Dict[str, Any]:
+def session_state(conn: Any, server: Server) -> dict[str, Any]:
     """What the next user of a connection sees, and what the server shows about its locks."""
     cid = conn_id(conn)
     row = query(conn, "SELECT @leak, @@SESSION.sql_mode, @@SESSION.time_zone, @@SESSION.foreign_key_checks, "
@@ -471,7 +472,7 @@ def session_state(conn: Any, server: Server) -> Dict[str, Any]:
     return state
 
 
-def dirty_then_next_user(server: Server, alias: str, reset: bool, options: Dict[str, Any]) -> Dict[str, Any]:
+def dirty_then_next_user(server: Server, alias: str, reset: bool, options: dict[str, Any]) -> dict[str, Any]:
     pool_setting = {"pool_size": 1, "max_overflow": 0, "reset_session": reset}
     with pooled(alias, server, pool_setting, OPTIONS=options) as conn:
         first = conn_id(conn)
@@ -574,7 +575,7 @@ subprocess_run = pytest.mark.gevent_subprocess
 
 
 @pytest.fixture(scope="module")
-def gevent_env(mariadb: Server) -> Iterator[Dict[str, str]]:
+def gevent_env(mariadb: Server) -> Iterator[dict[str, str]]:
     pytest.importorskip("gevent")
     mariadb.create_database("autopool_rel_gevent")
     yield mariadb.env()
@@ -582,7 +583,7 @@ def gevent_env(mariadb: Server) -> Iterator[Dict[str, str]]:
 
 
 @subprocess_run
-def test_interrupted_queries_never_hand_their_reply_to_the_next_user(gevent_env: Dict[str, str]) -> None:
+def test_interrupted_queries_never_hand_their_reply_to_the_next_user(gevent_env: dict[str, str]) -> None:
     """gevent.kill / gevent.Timeout while a query runs, inside and outside atomic(): the connection
     is closed (cooperative mysqlclient) or force-closed (PyMySQL), never pooled with a reply in
     flight; nothing the victim wrote survives; the next user gets its own results."""
@@ -601,7 +602,7 @@ def test_interrupted_queries_never_hand_their_reply_to_the_next_user(gevent_env:
 
 
 @subprocess_run
-def test_a_killed_waiter_takes_no_connection_with_it(gevent_env: Dict[str, str]) -> None:
+def test_a_killed_waiter_takes_no_connection_with_it(gevent_env: dict[str, str]) -> None:
     """Killed while queued (gevent.kill, gevent.Timeout), and killed after a returned connection
     was handed to it but before it ran again: the pool keeps its one connection."""
     r = run_scenario("killed_waiter", gevent_env)
@@ -654,9 +655,9 @@ def test_server_restart_under_load(private_server: Server, pre_ping: bool) -> No
 
 @subprocess_run
 @pytest.mark.parametrize("midstream", [False, True], ids=["no_reply", "reply_stops_midstream"])
-def test_stalled_server_is_bounded_by_read_timeout_and_others_are_served(gevent_env: Dict[str, str],
+def test_stalled_server_is_bounded_by_read_timeout_and_others_are_served(gevent_env: dict[str, str],
                                                                         midstream: bool) -> None:
-    params: Dict[str, Any] = {"read_timeout": 1}
+    params: dict[str, Any] = {"read_timeout": 1}
     if midstream:
         params.update(sql="SELECT REPEAT('x', 4000000)", after_bytes=1000)
     r = run_scenario("stall", gevent_env, **params)
@@ -682,7 +683,7 @@ def test_stalled_server_is_bounded_by_read_timeout_and_others_are_served(gevent_
 
 
 @subprocess_run
-def test_frozen_server_connect_is_bounded_and_other_greenlets_keep_working(gevent_env: Dict[str, str]) -> None:
+def test_frozen_server_connect_is_bounded_and_other_greenlets_keep_working(gevent_env: dict[str, str]) -> None:
     r = run_scenario("blackhole", gevent_env, connect_timeout=1, read_timeout=1)
     kind, elapsed = r["frozen"]
     assert kind == ["django.db.utils.OperationalError", 2013]
@@ -696,7 +697,7 @@ def test_frozen_server_connect_is_bounded_and_other_greenlets_keep_working(geven
 
 # -- 3. network faults in process (threads; gevent when pytest itself is patched) -----------------
 
-def proxied(proxy: ProxyProcess, **options: Any) -> Dict[str, Any]:
+def proxied(proxy: ProxyProcess, **options: Any) -> dict[str, Any]:
     return {"HOST": proxy.host, "PORT": str(proxy.port), "OPTIONS": dict(charset="utf8mb4", **options)}
 
 
@@ -738,7 +739,7 @@ def test_pymysql_without_read_timeout_waits_for_a_frozen_server_forever(server: 
                                                                         proxy: ProxyProcess) -> None:
     proxy.set_mode("blackhole")
     with pooled("rel_frozen2", server, {"pool_size": 1, "max_overflow": 0}, **proxied(proxy, connect_timeout=1)):
-        outcome: List[BaseException] = []
+        outcome: list[BaseException] = []
 
         def connect() -> None:
             try:
@@ -790,7 +791,7 @@ def test_cut_network(server: Server, proxy: ProxyProcess) -> None:
     with pooled("rel_cut", server, {"pool_size": 3, "max_overflow": 0, "django_pre_ping": True},
                 **proxied(proxy, connect_timeout=2, read_timeout=5)) as conn:
         ready, go = threading.Barrier(3), threading.Event()
-        idle_ids: List[int] = []
+        idle_ids: list[int] = []
 
         def hold() -> None:
             try:
@@ -898,8 +899,8 @@ def test_test_database_and_real_database_never_share_connections(server: Server)
 
 
 def test_aliases_with_different_users_never_share_a_connection(server: Server) -> None:
-    seen: Dict[str, set] = {"default": set(), "other": set()}
-    wrong: List[Any] = []
+    seen: dict[str, set] = {"default": set(), "other": set()}
+    wrong: list[Any] = []
     barrier = threading.Barrier(6)
 
     def work(i: int) -> None:
@@ -919,7 +920,7 @@ def test_aliases_with_different_users_never_share_a_connection(server: Server) -
         finally:
             connections.close_all()
 
-    done: List[int] = []
+    done: list[int] = []
     threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
     for t in threads:
         t.start()
@@ -934,7 +935,7 @@ def test_aliases_with_different_users_never_share_a_connection(server: Server) -
 class Grab(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
-        self.lines: List[str] = []
+        self.lines: list[str] = []
         self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -954,7 +955,7 @@ def test_credentials_never_appear(server: Server) -> None:
     for lg in loggers:
         lg.addHandler(grab)
         lg.setLevel(logging.DEBUG)
-    texts: List[str] = []
+    texts: list[str] = []
     try:
         pool_setting = {"pool_size": 1, "max_overflow": 0, "timeout": 0.2, "echo": "debug", "pre_ping": True,
                         "reset_session": True}
@@ -967,7 +968,7 @@ def test_credentials_never_appear(server: Server) -> None:
             wait_until(gone(server, cid))
             conn_id(conn)  # pre-ping replaces the killed connection
             # PoolTimeout while this thread holds the only connection
-            errors: List[BaseException] = []
+            errors: list[BaseException] = []
 
             def second() -> None:
                 try:
@@ -1055,7 +1056,7 @@ def test_every_guarantee_is_mapped_to_tests_shown_to_fail() -> None:
     for title in sections:
         if title != "Known gap":
             assert title in mapping, f"docs section {title!r} is missing from tests/GUARANTEES.rst"
-    defined: Dict[str, Dict[str, ast.FunctionDef]] = {}
+    defined: dict[str, dict[str, ast.FunctionDef]] = {}
     for path in (root / "tests").glob("test_*.py"):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         defined[path.name] = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}

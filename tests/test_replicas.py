@@ -10,7 +10,8 @@ import contextlib
 import copy
 import sys
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from django.core.signals import request_started

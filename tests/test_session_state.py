@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
-from typing import Any, Dict, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from django.db import connections
@@ -82,7 +83,7 @@ def rows_in(server: Server, db: str) -> list:
 
 @pytest.mark.parametrize("pool", [ONE, dict(ONE, reset_session=True), dict(ONE, preset="slow_and_safe")],
                          ids=["default", "reset_session", "slow_and_safe"])
-def test_use_in_one_request_does_not_reach_the_next(server: Server, two_tables: str, pool: Dict[str, Any]) -> None:
+def test_use_in_one_request_does_not_reach_the_next(server: Server, two_tables: str, pool: dict[str, Any]) -> None:
     with pooled("ss_use", server, pool) as conn:
         first = conn_id(conn)
         one(conn, f"USE {OTHER_DB}")
@@ -282,7 +283,7 @@ def test_an_unread_further_result_is_never_handed_on(server: Server) -> None:
 # -- the role --------------------------------------------------------------------------------------
 
 @pytest.fixture
-def role_user(server: Server) -> Iterator[Dict[str, str]]:
+def role_user(server: Server) -> Iterator[dict[str, str]]:
     """A user of its own with a grantable role (root makes them; the shared test user is left alone)."""
     statements = [f"CREATE ROLE IF NOT EXISTS {ROLE}", f"GRANT SELECT ON {DB}.* TO {ROLE}"]
     for host in ("127.0.0.1", "localhost", "%"):
@@ -306,7 +307,7 @@ def _as_root(server: Server, statements: list) -> None:
         root.close()
 
 
-def _role_after_set_role(server: Server, user: Dict[str, str], reset: bool) -> Dict[str, Any]:
+def _role_after_set_role(server: Server, user: dict[str, str], reset: bool) -> dict[str, Any]:
     with pooled("ss_role", server, dict(ONE, reset_session=reset), **user) as conn:
         first = conn_id(conn)
         start = one(conn, "SELECT CURRENT_ROLE()")[0]
@@ -316,19 +317,19 @@ def _role_after_set_role(server: Server, user: Dict[str, str], reset: bool) -> D
         return {"start": start, "next": one(conn, "SELECT CURRENT_ROLE()")[0], "same": conn_id(conn) == first}
 
 
-def test_reset_session_undoes_set_role(server: Server, role_user: Dict[str, str]) -> None:
+def test_reset_session_undoes_set_role(server: Server, role_user: dict[str, str]) -> None:
     state = _role_after_set_role(server, role_user, reset=True)
     assert state["same"] and state["start"] is None
     assert state["next"] is None
 
 
-def test_without_reset_session_the_role_leaks(server: Server, role_user: Dict[str, str]) -> None:
+def test_without_reset_session_the_role_leaks(server: Server, role_user: dict[str, str]) -> None:
     """The default, pinned: the role lives with the server session (README's table says so)."""
     state = _role_after_set_role(server, role_user, reset=False)
     assert state["same"] and state["next"] == ROLE
 
 
-def test_reset_session_restores_the_default_role(server: Server, role_user: Dict[str, str]) -> None:
+def test_reset_session_restores_the_default_role(server: Server, role_user: dict[str, str]) -> None:
     """An account with a default role gets it back after the reset, as on a new connection."""
     _as_root(server, [f"SET DEFAULT ROLE {ROLE} FOR '{ROLE_USER}'@'{h}'" for h in ("127.0.0.1", "localhost", "%")])
     with pooled("ss_defrole", server, dict(ONE, reset_session=True), **role_user) as conn:

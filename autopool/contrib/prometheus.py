@@ -93,11 +93,11 @@ class AutopoolCollector(Collector):
             yield family
         for key, name, doc in COUNTERS:
             # prometheus_client appends _total to a counter's samples.
-            family = CounterMetricFamily(f"{self.prefix}_{name}", doc, labels=names)
+            counter = CounterMetricFamily(f"{self.prefix}_{name}", doc, labels=names)
             for row in rows:
                 if row.get(key) is not None:
-                    family.add_metric(self._values(row) + extra, float(row[key]))
-            yield family
+                    counter.add_metric(self._values(row) + extra, float(row[key]))
+            yield counter
 
     def describe(self) -> Iterator[Any]:
         # Without describe(), registering would call collect() (and autopool.stats()) at once.

@@ -39,7 +39,7 @@ import sys
 import tarfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -107,7 +107,7 @@ def django_source(cache: Path, version: str, python: str) -> Path:
 
 def ensure_modules(python: str, install: bool) -> None:
     """tblib is required (without it a failing test in a worker kills the run); others optional."""
-    def missing(modules: Dict[str, str]) -> List[str]:
+    def missing(modules: dict[str, str]) -> list[str]:
         code = ("import importlib.util, sys; print(' '.join(m for m in sys.argv[1:] "
                 "if importlib.util.find_spec(m) is None))")
         out = subprocess.run([python, "-c", code, *modules], capture_output=True, text=True, check=True)
@@ -153,7 +153,7 @@ class Counters:
     def __init__(self, server: Any) -> None:
         self.server = server
 
-    def read(self) -> Dict[str, int]:
+    def read(self) -> dict[str, int]:
         rows = self.server.execute("SHOW GLOBAL STATUS WHERE Variable_name IN (%s, %s, %s)", self.NAMES)
         return {name: int(value) for name, value in rows}
 
@@ -161,8 +161,8 @@ class Counters:
 # -- one run of Django's suite -----------------------------------------------------------------------
 
 def run_suite(mode: str, args: argparse.Namespace, tests_dir: Path, server: Any, out_dir: Path,
-              labels: Optional[List[str]] = None, parallel: Optional[str] = None,
-              name: str = "") -> Dict[str, Any]:
+              labels: list[str] | None = None, parallel: str | None = None,
+              name: str = "") -> dict[str, Any]:
     labels = args.label_list if labels is None else labels
     parallel = args.parallel if parallel is None else parallel
     results_path = out_dir / f"{mode}{name}-{args.driver}.json"
@@ -206,7 +206,7 @@ def run_suite(mode: str, args: argparse.Namespace, tests_dir: Path, server: Any,
             rc = "timeout"
     elapsed = time.monotonic() - started
     after = counters.read()
-    run: Dict[str, Any] = {"mode": mode, "returncode": rc, "wall_time": elapsed, "log": str(log_path),
+    run: dict[str, Any] = {"mode": mode, "returncode": rc, "wall_time": elapsed, "log": str(log_path),
                            "server": {k: after[k] - before[k] - (1 if k == "Connections" else 0)
                                       for k in Counters.NAMES}}
     if results_path.is_file():
@@ -223,22 +223,22 @@ def run_suite(mode: str, args: argparse.Namespace, tests_dir: Path, server: Any,
 
 # -- comparison -----------------------------------------------------------------------------------------
 
-def counts(run: Dict[str, Any]) -> Dict[str, int]:
-    out: Dict[str, int] = {}
+def counts(run: dict[str, Any]) -> dict[str, int]:
+    out: dict[str, int] = {}
     for outcome in run.get("results", {}).values():
         out[outcome] = out.get(outcome, 0) + 1
     return out
 
 
-def load_known_flaky(path: Optional[Path]) -> List[str]:
+def load_known_flaky(path: Path | None) -> list[str]:
     if path is None or not path.is_file():
         return []
     lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
     return [line for line in lines if line]
 
 
-def compare(stock: Dict[str, Any], pooled: Dict[str, Any],
-            ignore: Any = ()) -> Tuple[List[Tuple[str, str, str]], List[str]]:
+def compare(stock: dict[str, Any], pooled: dict[str, Any],
+            ignore: Any = ()) -> tuple[list[tuple[str, str, str]], list[str]]:
     """(regressions as (test, stock outcome, autopool outcome), tests fixed by autopool)."""
     regressions = []
     fixed = []
@@ -260,7 +260,7 @@ def compare(stock: Dict[str, Any], pooled: Dict[str, Any],
     return regressions, fixed
 
 
-def pooling_checks(stock: Dict[str, Any], pooled: Dict[str, Any], max_ratio: float) -> List[str]:
+def pooling_checks(stock: dict[str, Any], pooled: dict[str, Any], max_ratio: float) -> list[str]:
     problems = []
     s_sessions = stock["server"]["Connections"]
     p_sessions = pooled["server"]["Connections"]
@@ -284,7 +284,7 @@ def runnable_label(test_id: str) -> str:
 
 
 def rerun(args: argparse.Namespace, tests_dir: Path, server: Any, out_dir: Path,
-          regressions: List[Tuple[str, str, str]]) -> Dict[str, str]:
+          regressions: list[tuple[str, str, str]]) -> dict[str, str]:
     """Run the regressed tests again, alone and serially, under autopool (a diagnosis only:
     a regression that passes alone is order-dependent or flaky; it still fails the gate)."""
     labels = sorted({runnable_label(test) for test, _, _ in regressions})[:args.rerun]
@@ -308,7 +308,7 @@ def cache_key(args: argparse.Namespace, version: str, server_version: str) -> st
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.djangosuite.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--driver", choices=("mysqlclient", "pymysql"), default="mysqlclient")
@@ -379,10 +379,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     return report(args, stock, pooled, time.monotonic() - started)
 
 
-def report(args: argparse.Namespace, stock: Optional[Dict[str, Any]], pooled: Optional[Dict[str, Any]],
+def report(args: argparse.Namespace, stock: dict[str, Any] | None, pooled: dict[str, Any] | None,
            elapsed: float) -> int:
-    failures: List[str] = []
-    regressions: List[Tuple[str, str, str]] = []
+    failures: list[str] = []
+    regressions: list[tuple[str, str, str]] = []
     print()
     print(f"== Django test suite, driver {args.driver}, --parallel {args.parallel} ({elapsed:.0f} s) ==")
     for run in (stock, pooled):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -29,14 +29,14 @@ from autopool import fleet
 from autopool.introspect import FIELDS
 
 
-def pooled_aliases() -> List[str]:
+def pooled_aliases() -> list[str]:
     return [alias for alias, db in settings.DATABASES.items() if db.get("POOL") is not None]
 
 
 class Command(BaseCommand):
     help = "Show autopool's pools (stats), close them (dispose) or check the server's capacity (check-server)."
     # The checks would stop the command on the very POOL errors it helps to diagnose.
-    requires_system_checks: List[str] = []
+    requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: Any) -> None:
         sub = parser.add_subparsers(dest="action", metavar="{stats,dispose,check-server}", required=True)
@@ -71,7 +71,7 @@ class Command(BaseCommand):
             self.check_server(options["processes"])
 
     # -- stats -------------------------------------------------------------------
-    def stats(self, alias: Optional[str], *, as_json: bool, connect: bool) -> None:
+    def stats(self, alias: str | None, *, as_json: bool, connect: bool) -> None:
         wanted = [alias] if alias else pooled_aliases()
         if connect:
             self._warm([a for a in wanted if a in settings.DATABASES])
@@ -96,7 +96,7 @@ class Command(BaseCommand):
         for note in notes:
             self.stdout.write(f"Note: {note}")
 
-    def _warm(self, aliases: List[str]) -> None:
+    def _warm(self, aliases: list[str]) -> None:
         from django.db import connections
 
         failed = []
@@ -122,7 +122,7 @@ class Command(BaseCommand):
         problems = 0
         if not config_mod.enabled():
             self.stdout.write("Note: pooling is disabled (AUTOPOOL_ENABLED); checking the POOL settings anyway.")
-        servers: Dict[Tuple[Any, ...], Dict[str, Any]] = {}
+        servers: dict[tuple[Any, ...], dict[str, Any]] = {}
         for alias in aliases:
             try:
                 cfg = config_mod.parse(alias, settings.DATABASES[alias]["POOL"])
@@ -157,7 +157,7 @@ class Command(BaseCommand):
             raise CommandError(f"check-server found {problems} problem(s); see the WARNING/ERROR lines above")
         self.stdout.write("OK: the pools fit.")
 
-    def _report_server(self, info: Dict[str, Any], members: List[Tuple[str, Any, Dict[str, Any]]],
+    def _report_server(self, info: dict[str, Any], members: list[tuple[str, Any, dict[str, Any]]],
                        processes: int) -> int:
         w = self.stdout.write
         problems = 0
@@ -191,8 +191,8 @@ class Command(BaseCommand):
             w(f"  headroom: {free - needed} connection(s)")
         user_limit = info["max_user_connections"]
         if user_limit > 0:
-            by_user: Dict[str, int] = {}
-            for alias, cfg, member in members:
+            by_user: dict[str, int] = {}
+            for _alias, cfg, member in members:
                 if cfg.max_overflow >= 0:
                     by_user[member["user"]] = by_user.get(member["user"], 0) + cfg.pool_size + cfg.max_overflow
             for user, most in sorted(by_user.items()):
@@ -211,7 +211,7 @@ class Command(BaseCommand):
         return problems
 
 
-def _server_info(connection: Any) -> Dict[str, Any]:
+def _server_info(connection: Any) -> dict[str, Any]:
     """What check-server needs from one alias's server (one connection, three queries)."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT @@max_connections, @@max_user_connections, @@wait_timeout, @@hostname, "
@@ -247,7 +247,7 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _table(rows: List[Dict[str, Any]]) -> str:
+def _table(rows: list[dict[str, Any]]) -> str:
     """One line per field, one column per pool."""
     keys = [k for k in FIELDS if k != "alias"]
     width = max(len(k) for k in FIELDS)

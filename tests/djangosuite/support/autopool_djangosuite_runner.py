@@ -20,7 +20,11 @@ import unittest
 
 import django
 from django.test.runner import (
-    DiscoverRunner, ParallelTestSuite, RemoteTestResult, RemoteTestRunner, _run_subsuite,
+    DiscoverRunner,
+    ParallelTestSuite,
+    RemoteTestResult,
+    RemoteTestRunner,
+    _run_subsuite,
 )
 
 MODE = os.environ.get("AUTOPOOL_DJANGOSUITE_MODE", "stock")
