@@ -10,7 +10,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -20,22 +19,12 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from tests.mariadb import free_port
+from tests.scenario_main import wait_until
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "example_project"
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    # 22000-29999: below Linux's ephemeral range (32768+), away from test_gunicorn's 21000-21400.
-    for _ in range(1000):
-        port = random.randint(22000, 29999)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port in 22000-29999")
 
 
 def http_get(port: int, path: str, timeout: float = 30.0) -> Tuple[int, Any]:
@@ -138,14 +127,8 @@ def _group_alive(pgid: int) -> bool:
 
 
 def wait_for(predicate: Any, timeout: float, message: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{message} not reached within {timeout} s (last: {value!r})")
-        time.sleep(0.05)
+    """``tests.scenario_main.wait_until`` with the argument order these tests use."""
+    return wait_until(predicate, timeout=timeout, message=message)
 
 
 # -- the example project -----------------------------------------------------------------------

@@ -8,6 +8,7 @@ import pytest
 
 from autopool import PoolClosed, PoolTimeout, TooManyWaiters
 from autopool.pool import DjangoQueuePool, QueuePool
+from tests.scenario_main import wait_until
 
 
 class FakeConnection:
@@ -48,14 +49,6 @@ def make(cls=QueuePool, **kw):
     kw.setdefault("reset_on_return", None)
     pool = cls(creator, **kw)
     return pool, created
-
-
-def wait_until(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.001)
 
 
 def test_overflow_is_closed_on_return_and_pool_size_kept():

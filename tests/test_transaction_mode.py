@@ -12,11 +12,12 @@ import contextlib
 import copy
 import logging
 import threading
-from typing import Any, Iterator, List
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
-from django.db import IntegrityError, OperationalError, connections, transaction
+from django.db import IntegrityError, OperationalError, ProgrammingError, connections, transaction
 from django.db.backends.signals import connection_created
 
 import autopool
@@ -68,9 +69,9 @@ def cid(wrapper: Any) -> int:
     return one(wrapper, "SELECT CONNECTION_ID()")[0]
 
 
-def run_threads(n: int, target: Any) -> List[BaseException]:
+def run_threads(n: int, target: Any) -> list[BaseException]:
     """Run ``target(i)`` in ``n`` threads (greenlets under gevent); return their exceptions."""
-    errors: List[BaseException] = []
+    errors: list[BaseException] = []
 
     def main(i: int) -> None:
         try:
@@ -136,7 +137,7 @@ def test_many_concurrent_requests_share_few_sessions(server: Any) -> None:
         cid(tx)
         sessions_before = server.execute("SHOW GLOBAL STATUS LIKE 'Connections'")[0][1]
         user, db = tx.settings_dict["USER"], tx.settings_dict["NAME"]
-        sessions_at_barrier: List[int] = []
+        sessions_at_barrier: list[int] = []
 
         def count_sessions() -> None:  # run by one worker once all 20 are between their queries
             sessions_at_barrier.append(server.execute(
@@ -144,7 +145,7 @@ def test_many_concurrent_requests_share_few_sessions(server: Any) -> None:
                 (user, db))[0][0])
 
         between = threading.Barrier(n, action=count_sessions, timeout=30)
-        seen: List[int] = []
+        seen: list[int] = []
 
         def request(i: int) -> None:
             w = connections[ALIAS]
@@ -209,8 +210,9 @@ def test_failed_statement_discards_its_connection(tx: Any) -> None:
     cid(tx)
     pool = pool_of()
     before = pool.counters.connections_invalidated
-    with pytest.raises(Exception) as info:
+    with pytest.raises(ProgrammingError) as info:  # 1146: the table does not exist
         one(tx, "SELECT * FROM no_such_table_here")
+    assert info.value.args[0] == 1146
     assert "no_such_table_here" in str(info.value)
     assert pool.checkedout() == 0
     assert pool.counters.connections_invalidated == before + 1
@@ -252,7 +254,7 @@ def test_stale_cursor_never_touches_the_next_owner(server: Any) -> None:
         dbapi = cur.cursor.cursor
         assert dbapi.connection is None  # detached: its connection went back
         # Another request (thread) now holds the only connection, mid-result.
-        got: List[Any] = []
+        got: list[Any] = []
         other_ready, stale_done = threading.Event(), threading.Event()
 
         def other(i: int) -> None:
@@ -264,7 +266,7 @@ def test_stale_cursor_never_touches_the_next_owner(server: Any) -> None:
                 got.extend(c2.fetchall())
 
         t = threading.Thread(target=lambda: errors.extend(run_threads(1, other)))
-        errors: List[BaseException] = []
+        errors: list[BaseException] = []
         t.start()
         assert other_ready.wait(30)
         assert cur.fetchone() == (1,)
@@ -294,7 +296,7 @@ def test_buffered_rows_survive_the_return(tx: Any) -> None:
 
 def test_orm_create_returns_the_right_pk_under_concurrency(server: Any) -> None:
     with alias(server, pool_size=2, max_overflow=0):
-        created: List[Any] = []
+        created: list[Any] = []
 
         def request(i: int) -> None:
             for j in range(5):
@@ -318,7 +320,7 @@ def test_queries_on_commit_and_health_checks_behave(server: Any) -> None:
         assert "SELECT 42" in sqls and "SELECT 43" in sqls
         tx.force_debug_cursor = False
 
-        ran: List[int] = []
+        ran: list[int] = []
         transaction.on_commit(lambda: ran.append(1), using=ALIAS)  # autocommit: runs now
         assert ran == [1] and tx.connection is None  # no checkout just to answer get_autocommit()
         with transaction.atomic(using=ALIAS):
@@ -340,7 +342,7 @@ def test_queries_on_commit_and_health_checks_behave(server: Any) -> None:
 
 
 def test_connection_created_runs_once_per_physical_connection_and_holds(server: Any) -> None:
-    seen: List[int] = []
+    seen: list[int] = []
 
     def receiver(sender: Any, connection: Any, **kwargs: Any) -> None:
         if connection.alias == ALIAS:
@@ -399,7 +401,7 @@ def test_session_state_guard(server: Any, caplog: Any) -> None:
 def test_streaming_cursor_holds_until_closed(server: Any) -> None:
     import MySQLdb
 
-    ss = getattr(MySQLdb.cursors, "SSCursor")
+    ss = MySQLdb.cursors.SSCursor
     with alias(server, name="txs") as txs:
         txs.settings_dict["OPTIONS"] = dict(txs.settings_dict["OPTIONS"], cursorclass=ss)
         cur = txs.cursor()
@@ -463,7 +465,7 @@ def test_async_orm_gives_the_connection_back_between_awaits(tx: Any) -> None:
     from asgiref.sync import async_to_sync, sync_to_async
 
     row = Row.objects.using(ALIAS).create(value=14)
-    between: List[int] = []
+    between: list[int] = []
 
     async def view() -> None:
         first = await Row.objects.using(ALIAS).aget(pk=row.pk)
