@@ -11,7 +11,7 @@ import difflib
 import numbers
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -60,9 +60,14 @@ SESSION_STATE_GUARDS = ("warn", "error", None)
 
 @dataclass(frozen=True)
 class Option:
+    """One ``POOL`` key: its default (the only place it is written), its documentation
+    (docs/options.rst is generated from it: ``python -m autopool.doc --write``), and the pool
+    constructor argument it becomes, if any (``pool_arguments()``)."""
+
     name: str
     default: Any
     doc: str
+    argument: str | None = None
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -77,45 +82,45 @@ OPTIONS: tuple[Option, ...] = (
            "Roll back on return only when a transaction may be open (tracked from Django and the "
            "driver's server status), so a clean connection costs no round trip."),
     Option("django_core_pool_size", None,
-           "DjangoQueuePool: connections never retired (default: pool_size). Number or callable."),
+           "DjangoQueuePool: connections never retired (default: pool_size). Number or callable.", argument="core_pool_size"),
     Option("django_unload_timeout", None,
            "DjangoQueuePool: once core connections are checked out, wait up to this many seconds for "
-           "one to come back before opening another (None: open at once). Number or callable."),
+           "one to come back before opening another (None: open at once). Number or callable.", argument="unload_timeout"),
     Option("django_retire_interval", 5,
-           "DjangoQueuePool: seconds between retirement rounds. Number or callable."),
+           "DjangoQueuePool: seconds between retirement rounds. Number or callable.", argument="retire_interval"),
     Option("django_retire_quantity", 1,
            "DjangoQueuePool: idle connections above core closed per round, oldest idle first. "
-           "Number or callable."),
-    Option("pool_size", 5, "Connections kept open in the pool."),
+           "Number or callable.", argument="retire_quantity"),
+    Option("pool_size", 5, "Connections kept open in the pool.", argument="pool_size"),
     Option("max_overflow", 10,
-           "Extra connections opened under load and closed on return; -1 for no limit."),
-    Option("timeout", 30, "Seconds a checkout waits for a connection before raising autopool.PoolTimeout."),
+           "Extra connections opened under load and closed on return; -1 for no limit.", argument="max_overflow"),
+    Option("timeout", 30, "Seconds a checkout waits for a connection before raising autopool.PoolTimeout.", argument="timeout"),
     Option("recycle", 3600,
            "Replace connections older than this many seconds at checkout (-1: never). Keep it below "
-           "the server's wait_timeout."),
+           "the server's wait_timeout.", argument="recycle"),
     Option("dialect", None,
            "SQLAlchemy dialect used for pings and resets: None (the MySQL dialect of the driver in use), "
            "a name as in an SQLAlchemy URL ('mysql', 'mariadb', 'mysql+mysqldb', 'mysql+pymysql', "
            "'mariadb+mysqldb', 'mariadb+pymysql'; the driver part must be the one Django uses), or a "
            "synchronous sqlalchemy.engine.interfaces.Dialect instance."),
-    Option("pre_ping", False, "SQLAlchemy's pre-ping on checkout (one round trip per checkout)."),
+    Option("pre_ping", False, "SQLAlchemy's pre-ping on checkout (one round trip per checkout).", argument="pre_ping"),
     Option("use_threadlocal", False,
            "Removed from SQLAlchemy 1.4; emulated: a thread (or greenlet) gets back the connection it "
-           "returned last when that one is idle. Two checkouts never share a connection."),
+           "returned last when that one is idle. Two checkouts never share a connection.", argument="use_threadlocal"),
     Option("reset_on_return", None,
            "SQLAlchemy's unconditional reset on every return: 'rollback' (or True), or None/False "
            "(autopool's tracked rollback applies instead). 'commit' is refused: it would commit the "
-           "work of requests that Django rolls back."),
-    Option("use_lifo", False, "Hand out the most recently returned connection first (lets idle ones age out)."),
-    Option("echo", False, "SQLAlchemy pool logging: True, False or 'debug'."),
+           "work of requests that Django rolls back.", argument="reset_on_return"),
+    Option("use_lifo", False, "Hand out the most recently returned connection first (lets idle ones age out).", argument="use_lifo"),
+    Option("echo", False, "SQLAlchemy pool logging: True, False or 'debug'.", argument="echo"),
     Option("max_waiting", None,
            "When the pool is exhausted and this many requests already wait, fail at once with "
-           "autopool.TooManyWaiters (None: no limit)."),
+           "autopool.TooManyWaiters (None: no limit).", argument="max_waiting"),
     Option("cooperative", "auto",
            "mysqlclient under gevent: wait for query results cooperatively ('auto': when gevent has "
            "patched socket; True; False)."),
     Option("leak_detection_threshold", None,
-           "Seconds; log once, with the checkout stack, a connection held longer than this."),
+           "Seconds; log once, with the checkout stack, a connection held longer than this.", argument="leak_detection_threshold"),
     Option("reset_session", False,
            "Reset the server session on return (COM_RESET_CONNECTION): user variables, temporary "
            "tables, SET SESSION changes, table and named locks. Costs the reset plus re-applying the "
@@ -155,40 +160,44 @@ _ELASTIC = ("django_core_pool_size", "django_unload_timeout", "django_retire_int
 
 @dataclass(frozen=True)
 class PoolConfig:
-    """A validated ``POOL`` setting; field names are the option names."""
+    """A validated ``POOL`` setting; field names are the option names.
+
+    No defaults here: :func:`parse` fills every field from ``OPTIONS``, where each default is
+    written once (the check below the class keeps the two lists of names equal).
+    """
 
     alias: str
     pool_class: type
-    django_pre_ping: bool = False
-    django_reset_on_return: bool = True
-    django_core_pool_size: Dynamic | None = None
-    django_unload_timeout: Dynamic | None = None
-    django_retire_interval: Dynamic = 5
-    django_retire_quantity: Dynamic = 1
-    pool_size: int = 5
-    max_overflow: int = 10
-    timeout: float = 30
-    recycle: float = 3600
-    dialect: Any = None
-    pre_ping: bool = False
-    use_threadlocal: bool = False
-    reset_on_return: Any = None
-    use_lifo: bool = False
-    echo: Any = False
-    max_waiting: int | None = None
-    cooperative: Any = "auto"
-    leak_detection_threshold: float | None = None
-    reset_session: bool = False
-    preset: str | None = None
+    django_pre_ping: bool
+    django_reset_on_return: bool
+    django_core_pool_size: Dynamic | None
+    django_unload_timeout: Dynamic | None
+    django_retire_interval: Dynamic
+    django_retire_quantity: Dynamic
+    pool_size: int
+    max_overflow: int
+    timeout: float
+    recycle: float
+    dialect: Any
+    pre_ping: bool
+    use_threadlocal: bool
+    reset_on_return: Any
+    use_lifo: bool
+    echo: Any
+    max_waiting: int | None
+    cooperative: Any
+    leak_detection_threshold: float | None
+    reset_session: bool
+    preset: str | None
     # ((host, port or None), ...) once parsed; None: the alias's HOST/PORT only.
-    hosts: tuple[tuple[str, int | None], ...] | None = None
-    host_policy: str = "failover"
-    host_down_backoff: float = 1.0
-    host_down_backoff_max: float = 10.0
-    replica_of: str | None = None
-    max_replica_lag: float = 5.0
-    pool_mode: str = "request"
-    session_state_guard: str | None = "warn"
+    hosts: tuple[tuple[str, int | None], ...] | None
+    host_policy: str
+    host_down_backoff: float
+    host_down_backoff_max: float
+    replica_of: str | None
+    max_replica_lag: float
+    pool_mode: str
+    session_state_guard: str | None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -203,6 +212,31 @@ class PoolConfig:
     @property
     def any_pre_ping(self) -> bool:
         return self.pre_ping or self.django_pre_ping
+
+
+# Every option but django_pool_class (parsed into pool_class) is a PoolConfig field, and nothing else is.
+assert {f.name for f in fields(PoolConfig)} - {"alias", "pool_class", "raw"} == set(OPTION_NAMES) - {
+    "django_pool_class"}, "PoolConfig's fields and OPTIONS differ"
+
+
+def pool_arguments(cfg: PoolConfig) -> dict[str, Any]:
+    """The pool constructor's keyword arguments, named by ``OPTIONS``' ``argument`` column.
+
+    The caller keeps those its class accepts (``registry.build_pool``). Three options reach
+    SQLAlchemy in its own form, and the pool is named after the alias. A callable elastic option
+    is validated each time the pool calls it: a bad value is an ImproperlyConfigured naming the
+    alias and the key.
+    """
+    arguments: dict[str, Any] = {}
+    for option in OPTIONS:
+        if option.argument is not None:
+            value = getattr(cfg, option.name)
+            if option.name in _ELASTIC and callable(value):
+                value = checked(cfg.alias, option.name, value)
+            arguments[option.argument] = value
+    arguments.update(echo=cfg.echo or None, reset_on_return=cfg.sa_reset_on_return, pre_ping=cfg.any_pre_ping,
+                     logging_name=cfg.alias, name=cfg.alias)
+    return arguments
 
 
 def _fail(alias: str, key: str | None, message: str) -> ImproperlyConfigured:

@@ -22,7 +22,7 @@ from . import fork, housekeeping
 from . import gevent as gevent_support
 from .drivers import Driver, for_module
 from .hosts import HostSet
-from .pool import DjangoQueuePool, QueuePool
+from .pool import QueuePool
 from .stats import Counters
 
 logger = logging.getLogger("autopool")
@@ -150,39 +150,32 @@ def create(alias: str, key: str, pool_setting: Any, database_module: Any,
     return entry
 
 
+def constructor_arguments(cls: type) -> set[str]:
+    """The keyword arguments ``cls(...)`` accepts, following ``**kw`` up the class hierarchy
+    (SQLAlchemy's ``util.get_cls_kwargs``): a subclass that passes ``**kw`` on accepts its bases'."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        parameters = inspect.signature(init).parameters.values()
+        names.update(p.name for p in parameters
+                     if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self")
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return names
+
+
 def build_pool(cfg: config_mod.PoolConfig, driver: Driver, connect: Callable[..., Any]) -> Any:
-    """Instantiate ``cfg.pool_class`` with the options it understands."""
+    """Instantiate ``cfg.pool_class`` with the options it accepts (``config.pool_arguments``)."""
     cls = cfg.pool_class
     dialect = config_mod.resolve_dialect(cfg.alias, cfg.dialect, driver)
     if dialect is None and (cfg.any_pre_ping or cfg.sa_reset_on_return):
         dialect = driver.dialect()
-    kw: dict[str, Any] = dict(
-        recycle=cfg.recycle, echo=cfg.echo or None, reset_on_return=cfg.sa_reset_on_return,
-        pre_ping=cfg.any_pre_ping, logging_name=cfg.alias,
-    )
+    accepted = constructor_arguments(cls)
+    kw = {name: value for name, value in config_mod.pool_arguments(cfg).items() if name in accepted}
     if dialect is not None:
         kw["dialect"] = dialect
-    if issubclass(cls, QueuePool):
-        kw.update(pool_size=cfg.pool_size, max_overflow=cfg.max_overflow, timeout=cfg.timeout,
-                  use_lifo=cfg.use_lifo, max_waiting=cfg.max_waiting,
-                  use_threadlocal=cfg.use_threadlocal, name=cfg.alias,
-                  leak_detection_threshold=cfg.leak_detection_threshold)
-        if issubclass(cls, DjangoQueuePool):
-            # A callable option is validated each time the pool calls it: a bad
-            # value is an ImproperlyConfigured naming the alias and the key.
-            elastic = {key: config_mod.checked(cfg.alias, key, value) if callable(value) else value
-                       for key in ("django_core_pool_size", "django_unload_timeout", "django_retire_interval",
-                                   "django_retire_quantity")
-                       for value in (getattr(cfg, key),)}
-            kw.update(core_pool_size=elastic["django_core_pool_size"],
-                      unload_timeout=elastic["django_unload_timeout"],
-                      retire_interval=elastic["django_retire_interval"],
-                      retire_quantity=elastic["django_retire_quantity"])
-    else:
-        accepted = inspect.signature(cls.__init__).parameters
-        for name in ("pool_size", "max_overflow", "timeout", "use_lifo"):
-            if name in accepted:
-                kw[name] = getattr(cfg, name)
     pool = cls(connect, **kw)
     _count_events(pool, cfg.alias)
     return pool
