@@ -40,7 +40,22 @@ closes it on the parent's socket.
 
 Only modules already imported are reset (looked up in ``sys.modules``): a
 module never imported has no state, and this module imports none of them.
+
+Not every fork runs Python's at-fork handlers: uWSGI (an app loaded in the
+master, no ``--lazy-apps``) forks its workers with C's ``fork()`` and runs
+them only with ``--py-call-osafterfork``. So the same handler also runs
+lazily: ``hooks`` compares ``os.getpid()`` with :data:`pid` at each checkout
+and each close of a Django connection (the first thing a worker does with an
+inherited connection: at request start Django closes a connection that
+outlived ``CONN_MAX_AGE``, 0 on a pooled alias) and calls
+:func:`after_in_child` on a mismatch, before anything inherited is used. It
+runs once per process, whichever comes first. Nothing was held before such a
+fork, and no other thread's data was freed: the checkouts still exist
+(``_checked_out()`` finds them), and the pools' locks, which a thread of the
+parent may have held at that moment, are replaced before the checkouts
+leave their pools.
 """
+
 from __future__ import annotations
 
 import logging
@@ -68,6 +83,12 @@ _records: weakref.WeakSet[Any] = weakref.WeakSet()
 # Between before() and the after-fork handlers: the locks taken, the fairies held.
 _acquired: list[Any] = []
 _held: list[Any] = []
+# The process this module's (and the other modules') per-process state belongs to. ``hooks`` compares
+# it with os.getpid() (~0.1 us) to catch a fork that ran no at-fork handler; after_in_child() sets it.
+pid = os.getpid()
+# Taken by after_in_child(): in a child forked without the handlers, the first threads to check out
+# may find the pid changed together; one resets, the others wait for it.
+_reset_lock = threading.Lock()
 
 
 # -- tracking (once per physical connection, never per checkout) -------------------------------------
@@ -156,25 +177,64 @@ def _release_acquired() -> None:
 
 
 def after_in_child() -> None:
+    """Give this process its own state if it is a forked child whose state was not reset yet.
+
+    Registered with ``os.register_at_fork`` and called by ``hooks`` when ``os.getpid()`` is not
+    :data:`pid` (a fork that ran no at-fork handler); runs once per process, a no-op afterwards.
+    """
+    global pid
+    current = os.getpid()
+    if pid == current:
+        return
+    # At-fork handler: this, the child's only thread, took these in before(). After a fork that ran
+    # no handler, nothing was taken.
+    _release_acquired()
+    locked = _reset_lock.acquire(timeout=LOCK_TIMEOUT)
+    if not locked:
+        # Held at fork time by a thread of the parent that does not exist here.
+        logger.warning("fork(): autopool's reset lock stayed held for %s s; resetting without it", LOCK_TIMEOUT)
+    try:
+        if pid != current:
+            _reset()
+            pid = current
+    finally:
+        if locked:
+            _reset_lock.release()
+
+
+def _reset() -> None:
     global _track_lock, _connections, _records
-    # Also what is checked out now: a C-level fork (an embedding server) may have skipped before().
+    # Also what is checked out now: a C-level fork (an embedding server) skipped before().
     held = list({id(f): f for f in [*_held, *_checked_out()]}.values())
     _held.clear()
-    # This thread took the pools' locks before the fork: released here, so that the held fairies can
-    # leave their (forgotten) pools below. The module locks are replaced by their modules.
-    _release_acquired()
     _track_lock = threading.Lock()
     connections, _connections, _records = list(_connections), weakref.WeakSet(), weakref.WeakSet()
     # First, before anything can close or free an inherited connection.
     _step(neutralize, connections)
+    # The held fairies leave their pools below, under each pool's lock: released by the at-fork path,
+    # maybe held by a vanished thread of the parent after a fork that skipped before(). The pools are
+    # the parent's and forgotten next: fresh locks are safe.
+    _step(_fresh_pool_locks)
     _step(_forget_checkouts, held)
-    for name, reset in (("registry", "forget_after_fork"), ("housekeeping", "reset_after_fork"),
-                        ("routers", "reset_after_fork")):
+    for name, reset in (
+        ("registry", "forget_after_fork"),
+        ("housekeeping", "reset_after_fork"),
+        ("routers", "reset_after_fork"),
+    ):
         module = _module(name)
         if module is not None:
             _step(getattr(module, reset))
     # The held fairies go now; their connections, detached from the pools, write only to /dev/null.
     del held
+
+
+def _fresh_pool_locks() -> None:
+    registry = _module("registry")
+    if registry is None:
+        return
+    for entry in registry.entries():
+        if getattr(entry.pool, "_lock", None) is not None:
+            entry.pool._lock = threading.Lock()
 
 
 def _step(func: Callable[..., Any], *args: Any) -> None:

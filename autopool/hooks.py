@@ -20,10 +20,11 @@ import _thread
 import logging
 import threading
 import weakref
+from os import getpid
 from typing import Any, Optional
 
 from . import config as config_mod
-from . import drivers, registry
+from . import drivers, fork, registry
 from .leases import LEASED_ATTR as LEASED
 from .leases import OWNER_ATTR, current_owner, owner_dead
 
@@ -62,6 +63,8 @@ def get_new_connection(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -
     pool_setting = settings_dict.get("POOL")
     if pool_setting is None or instance.alias == NO_DB_ALIAS or not pooling_enabled():
         return wrapped(*args, **kwargs)
+    if getpid() != fork.pid:  # forked without Python's at-fork handlers (uWSGI): fork.py
+        fork.after_in_child()
     d = instance.__dict__
     stale = d.pop(LEASE, None)
     if stale is not None and d.get(OWNER) == id(instance):
@@ -218,6 +221,10 @@ def _close(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
     d = instance.__dict__
     if LEASE not in d:
         return wrapped(*args, **kwargs)
+    if getpid() != fork.pid:  # leased before a fork that ran no at-fork handler (uWSGI): fork.py
+        fork.after_in_child()
+        if LEASE not in d:  # the reset let go of it: nothing of this process to close
+            return wrapped(*args, **kwargs)
     try:
         return _close_leased(wrapped, instance, args, kwargs)
     finally:

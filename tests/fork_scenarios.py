@@ -287,10 +287,84 @@ def child_monitor(parent: Parent) -> dict[str, Any]:
     return {"child_id": cid, "problems": problems}
 
 
+def _no_handler_ran(problems: list[str]) -> None:
+    from autopool import fork
+
+    if fork.pid == os.getpid():
+        problems.append("autopool's after-fork handler ran at fork time: the scenario tests nothing")
+
+
+def child_c_request(parent: Parent) -> dict[str, Any]:
+    """Forked by C's fork() (uWSGI's workers): no at-fork handler ran. The worker's first request:
+    Django's request_started closes the main thread's inherited connection (CONN_MAX_AGE 0), then
+    queries."""
+    problems: list[str] = []
+    _no_handler_ran(problems)
+    result = _request(parent)
+    result["problems"] = problems + result["problems"]
+    return result
+
+
+def _request(parent: Parent) -> dict[str, Any]:
+    from django.core.signals import request_finished, request_started
+
+    request_started.send(sender=None)
+    result = child_use(parent)
+    request_finished.send(sender=None)
+    return result
+
+
+def child_c_checkout(parent: Parent) -> dict[str, Any]:
+    """Forked by C's fork(): the first use is a checkout, by a new thread (greenlet under gevent);
+    then the main thread's wrapper, which held a connection at fork time, queries through a request."""
+    from django.db import connection
+
+    problems: list[str] = []
+    _no_handler_ran(problems)
+    ids: list[int] = []
+    errors: list[str] = []
+
+    def work() -> None:
+        try:
+            ids.append(connection_id())
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            connection.close()
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join(60)
+    if errors or len(ids) != 1 or ids[0] in parent.ids:
+        problems.append(f"the new thread's query in the child: {ids} {errors}")
+    result = _request(parent)
+    if result.get("child_id") in parent.ids:
+        problems.append("the main thread got one of the parent's sessions")
+    result["problems"] = problems + result["problems"]
+    return result
+
+
 CHILDREN: dict[str, Callable[[Parent], dict[str, Any]]] = {
     "exit": child_exit, "use": child_use, "raise": child_raise, "atomic": child_atomic,
-    "monitor": child_monitor, "hosts": child_use,
+    "monitor": child_monitor, "hosts": child_use, "c_fork_request": child_c_request,
+    "c_fork_checkout": child_c_checkout,
 }
+
+
+def c_fork() -> int:
+    """fork() as an embedding server calls it (uWSGI without --py-call-osafterfork): C's, which runs
+    none of Python's at-fork handlers (os.register_at_fork)."""
+    import ctypes
+
+    pid = ctypes.PyDLL(None, use_errno=True).fork()  # PyDLL: the GIL stays held across the call
+    if pid < 0:
+        raise OSError(ctypes.get_errno(), "fork() failed")
+    if pid == 0 and gevent_patched():
+        import gevent
+
+        # What a server running gevent does in a new worker: a loop of its own, not the parent's.
+        gevent.reinit()
+    return pid
 
 
 def _conn_id(conn: Any) -> int:
@@ -368,7 +442,7 @@ def run(name: str) -> dict[str, Any]:
         report, code = run_siblings(parent)
     else:
         read_fd, write_fd = os.pipe()
-        pid = os.fork()
+        pid = c_fork() if name.startswith("c_fork") else os.fork()
         if pid == 0:
             os.close(read_fd)
             in_child(name, parent, write_fd)

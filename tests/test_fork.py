@@ -27,6 +27,8 @@ SCENARIOS = {
     "monitor": "the child has its own replica monitor, checked by its own housekeeping",
     "siblings": "two workers: one exits normally while the other keeps its own session (prefork servers)",
     "hosts": "a multi-host alias (connections made by hosts.HostSet): the child's query gets a new session",
+    "c_fork_request": "forked by C's fork(), no at-fork handler run (uWSGI): the first request's close resets",
+    "c_fork_checkout": "forked by C's fork(), no at-fork handler run (uWSGI): the first checkout resets",
 }
 
 
