@@ -5,6 +5,7 @@
 request (or per greenlet), with ``ENGINE`` left as
 ``django.db.backends.mysql``.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -15,8 +16,17 @@ from .patch import install, is_installed, uninstall
 __version__ = "0.1.0"
 
 __all__ = [
-    "install", "uninstall", "is_installed", "dispose", "stats",
-    "PoolError", "PoolTimeout", "TooManyWaiters", "PoolClosed", "NoHealthyHost", "__version__",
+    "install",
+    "uninstall",
+    "is_installed",
+    "dispose",
+    "stats",
+    "PoolError",
+    "PoolTimeout",
+    "TooManyWaiters",
+    "PoolClosed",
+    "NoHealthyHost",
+    "__version__",
 ]
 
 

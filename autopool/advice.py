@@ -27,6 +27,7 @@ What is reported:
 Without the app in ``INSTALLED_APPS`` no autopool code runs in a process that
 does not call ``install()`` itself: the app entry is the guard.
 """
+
 from __future__ import annotations
 
 import logging
@@ -114,21 +115,34 @@ def leftovers(databases: Mapping[str, Mapping[str, Any]]) -> list[checks.CheckMe
     for alias, db in databases.items():
         if "POOL_OPTIONS" not in db or str(db.get("ENGINE") or "").startswith(DBCP_ENGINE_PREFIX):
             continue
-        effect = ("POOL_OPTIONS is ignored and POOL is used" if db.get("POOL") is not None
-                  else "nothing reads it, so this alias is not pooled")
-        found.append(checks.Warning(
-            f"DATABASES[{alias!r}] has POOL_OPTIONS, but its ENGINE is {db.get('ENGINE')!r}, not "
-            f"django-db-connection-pool's: {effect}.",
-            obj=f"DATABASES[{alias!r}]", id="autopool.W004", hint=MIGRATION_HINT))
+        effect = (
+            "POOL_OPTIONS is ignored and POOL is used"
+            if db.get("POOL") is not None
+            else "nothing reads it, so this alias is not pooled"
+        )
+        found.append(
+            checks.Warning(
+                f"DATABASES[{alias!r}] has POOL_OPTIONS, but its ENGINE is {db.get('ENGINE')!r}, not "
+                f"django-db-connection-pool's: {effect}.",
+                obj=f"DATABASES[{alias!r}]",
+                id="autopool.W004",
+                hint=MIGRATION_HINT,
+            )
+        )
     return found
 
 
-def problems(databases: Mapping[str, Mapping[str, Any]], *, installed: bool, enabled: bool) -> list[checks.CheckMessage]:
+def problems(
+    databases: Mapping[str, Mapping[str, Any]], *, installed: bool, enabled: bool
+) -> list[checks.CheckMessage]:
     """The checks' findings that deserve a runtime warning (W001 excepted: see ``watch_connections``)."""
     from .checks import check_databases
 
-    found = [m for m in check_databases(databases, installed=installed, enabled=enabled)
-             if m.level >= checks.WARNING and m.id != "autopool.W001"]
+    found = [
+        m
+        for m in check_databases(databases, installed=installed, enabled=enabled)
+        if m.level >= checks.WARNING and m.id != "autopool.W001"
+    ]
     return found + leftovers(databases)
 
 
@@ -149,8 +163,10 @@ def startup() -> None:
     if not enabled:
         pooled = [alias for alias, db in settings.DATABASES.items() if db.get("POOL") is not None]
         if pooled:
-            logger.info("autopool is disabled (AUTOPOOL_ENABLED): %s not pooled in this process",
-                        ", ".join(repr(a) for a in pooled))
+            logger.info(
+                "autopool is disabled (AUTOPOOL_ENABLED): %s not pooled in this process",
+                ", ".join(repr(a) for a in pooled),
+            )
     elif not is_installed():
         watch_connections()
 
@@ -158,8 +174,11 @@ def startup() -> None:
 def _running_check_command() -> bool:
     """Whether this process is ``manage.py check`` / ``django-admin check``."""
     argv = sys.argv
-    return len(argv) > 1 and argv[1] == "check" and os.path.basename(argv[0]) in (
-        "manage.py", "django-admin", "django-admin.py", "__main__.py")
+    return (
+        len(argv) > 1
+        and argv[1] == "check"
+        and os.path.basename(argv[0]) in ("manage.py", "django-admin", "django-admin.py", "__main__.py")
+    )
 
 
 def watch_connections() -> None:
@@ -185,11 +204,16 @@ def _on_connection_created(sender: Any, connection: Any, **kwargs: Any) -> None:
         return
     alias = connection.alias
     entry = _command_line()
-    report(checks.Warning(
-        f"DATABASES[{alias!r}] has a POOL setting, but autopool.install() was not called in this "
-        f"process (pid {os.getpid()}, {entry or 'python'}), so it is not pooled here: each thread or "
-        "greenlet opens its own server connection.",
-        obj=f"DATABASES[{alias!r}]", id="autopool.W001", hint=NOT_INSTALLED_HINT))
+    report(
+        checks.Warning(
+            f"DATABASES[{alias!r}] has a POOL setting, but autopool.install() was not called in this "
+            f"process (pid {os.getpid()}, {entry or 'python'}), so it is not pooled here: each thread or "
+            "greenlet opens its own server connection.",
+            obj=f"DATABASES[{alias!r}]",
+            id="autopool.W001",
+            hint=NOT_INSTALLED_HINT,
+        )
+    )
 
 
 def _command_line() -> str:

@@ -11,6 +11,7 @@ makes sure it is active and says loudly what is wrong:
   unpooled or pooled badly (``autopool.advice``);
 * it registers the ``autopool.*`` system checks and ``manage.py autopool``.
 """
+
 from __future__ import annotations
 
 from django.apps import AppConfig

@@ -27,6 +27,7 @@ test runner): ``autopool.W010`` when ``AUTOPOOL_PROCESSES`` processes
 ``autopool.W011`` when a host cannot be queried. Messages name the alias and
 the option, never a connection parameter such as the password.
 """
+
 from __future__ import annotations
 
 import os
@@ -58,8 +59,9 @@ def check_pools(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMess
     return check_databases(settings.DATABASES, installed=is_installed(), enabled=config_mod.enabled())
 
 
-def check_databases(databases: Mapping[str, Mapping[str, Any]], *, installed: bool,
-                    enabled: bool) -> list[checks.CheckMessage]:
+def check_databases(
+    databases: Mapping[str, Mapping[str, Any]], *, installed: bool, enabled: bool
+) -> list[checks.CheckMessage]:
     """The check on an explicit ``DATABASES`` mapping (for tests and tooling)."""
     messages: list[checks.CheckMessage] = []
     pooled = [alias for alias, db in databases.items() if db.get("POOL") is not None]
@@ -70,49 +72,74 @@ def check_databases(databases: Mapping[str, Mapping[str, Any]], *, installed: bo
         try:
             config_mod.parse(alias, db["POOL"])
         except ImproperlyConfigured as exc:
-            messages.append(checks.Error(str(exc), obj=obj, id="autopool.E001",
-                                         hint="See the POOL option table in autopool's documentation "
-                                              "(docs/options.rst)."))
+            messages.append(
+                checks.Error(
+                    str(exc),
+                    obj=obj,
+                    id="autopool.E001",
+                    hint="See the POOL option table in autopool's documentation (docs/options.rst).",
+                )
+            )
         except Exception as exc:  # noqa: BLE001 - e.g. a pool class whose import fails oddly
-            messages.append(checks.Error(
-                f"DATABASES[{alias!r}]['POOL'] could not be parsed: {type(exc).__name__}: {exc}",
-                obj=obj, id="autopool.E001"))
+            messages.append(
+                checks.Error(
+                    f"DATABASES[{alias!r}]['POOL'] could not be parsed: {type(exc).__name__}: {exc}",
+                    obj=obj,
+                    id="autopool.E001",
+                )
+            )
         else:
             messages.extend(_cluster_problems(alias, db, databases))
             messages.extend(_dialect_problem(alias, db))
         engine_msg = _engine_problem(alias, db.get("ENGINE"))
         if engine_msg:
-            messages.append(checks.Warning(engine_msg, obj=obj, id="autopool.W003",
-                                           hint="Remove POOL from this alias or use the stock "
-                                                f"{MYSQL_ENGINE} backend."))
+            messages.append(
+                checks.Warning(
+                    engine_msg,
+                    obj=obj,
+                    id="autopool.W003",
+                    hint=f"Remove POOL from this alias or use the stock {MYSQL_ENGINE} backend.",
+                )
+            )
             continue
         poolable.append(alias)
         if not enabled:
             continue
         max_age = db.get("CONN_MAX_AGE", 0)
         if max_age != 0:
-            messages.append(checks.Warning(
-                f"DATABASES[{alias!r}] sets CONN_MAX_AGE={max_age!r} on a pooled alias: Django then "
-                "keeps the connection it checked out of the pool in its per-thread (per-greenlet under "
-                "gevent) connection object between requests instead of returning it, so every thread "
-                "or greenlet sits on a pooled connection: the pool cannot share them, runs dry and "
-                "makes other requests wait (PoolTimeout), and greenlets that end leak theirs.",
-                obj=obj, id="autopool.W002",
-                hint="Set CONN_MAX_AGE to 0 (the default): the pool keeps connections open; Django "
-                     "only returns them at the end of each request."))
+            messages.append(
+                checks.Warning(
+                    f"DATABASES[{alias!r}] sets CONN_MAX_AGE={max_age!r} on a pooled alias: Django then "
+                    "keeps the connection it checked out of the pool in its per-thread (per-greenlet under "
+                    "gevent) connection object between requests instead of returning it, so every thread "
+                    "or greenlet sits on a pooled connection: the pool cannot share them, runs dry and "
+                    "makes other requests wait (PoolTimeout), and greenlets that end leak theirs.",
+                    obj=obj,
+                    id="autopool.W002",
+                    hint="Set CONN_MAX_AGE to 0 (the default): the pool keeps connections open; Django "
+                    "only returns them at the end of each request.",
+                )
+            )
     if not poolable:
         return messages
     if not enabled:
-        messages.append(checks.Info(
-            f"autopool is disabled by {_enabled_source()}: the POOL setting of "
-            f"{', '.join(repr(a) for a in poolable)} is ignored and every connection is Django's own.",
-            id="autopool.I001",
-            hint="Unset AUTOPOOL_ENABLED (or set it to a true value) to pool these aliases."))
+        messages.append(
+            checks.Info(
+                f"autopool is disabled by {_enabled_source()}: the POOL setting of "
+                f"{', '.join(repr(a) for a in poolable)} is ignored and every connection is Django's own.",
+                id="autopool.I001",
+                hint="Unset AUTOPOOL_ENABLED (or set it to a true value) to pool these aliases.",
+            )
+        )
     elif not installed:
-        messages.append(checks.Warning(
-            f"DATABASES alias(es) {', '.join(repr(a) for a in poolable)} have a POOL setting, but "
-            "autopool.install() was not called in this process, so they are not pooled here.",
-            id="autopool.W001", hint=INSTALL_HINT))
+        messages.append(
+            checks.Warning(
+                f"DATABASES alias(es) {', '.join(repr(a) for a in poolable)} have a POOL setting, but "
+                "autopool.install() was not called in this process, so they are not pooled here.",
+                id="autopool.W001",
+                hint=INSTALL_HINT,
+            )
+        )
     return messages
 
 
@@ -140,9 +167,11 @@ def _engine_problem(alias: str, engine: str | None) -> str | None:
         MySQLWrapper = None
     if MySQLWrapper is not None and isinstance(wrapper, type) and issubclass(wrapper, MySQLWrapper):
         return None
-    return (f"DATABASES[{alias!r}] has a POOL setting, but autopool only pools "
-            f"{MYSQL_ENGINE} (and backends subclassing its DatabaseWrapper); ENGINE "
-            f"{engine!r} ignores it.")
+    return (
+        f"DATABASES[{alias!r}] has a POOL setting, but autopool only pools "
+        f"{MYSQL_ENGINE} (and backends subclassing its DatabaseWrapper); ENGINE "
+        f"{engine!r} ignores it."
+    )
 
 
 def _dialect_problem(alias: str, db: Mapping[str, Any]) -> list[checks.CheckMessage]:
@@ -159,13 +188,20 @@ def _dialect_problem(alias: str, db: Mapping[str, Any]) -> list[checks.CheckMess
     try:
         config_mod.resolve_dialect(alias, cfg.dialect, for_module(Database))
     except ImproperlyConfigured as exc:
-        return [checks.Error(str(exc), obj=f"DATABASES[{alias!r}]", id="autopool.E001",
-                             hint="See the POOL option table in autopool's documentation (docs/options.rst).")]
+        return [
+            checks.Error(
+                str(exc),
+                obj=f"DATABASES[{alias!r}]",
+                id="autopool.E001",
+                hint="See the POOL option table in autopool's documentation (docs/options.rst).",
+            )
+        ]
     return []
 
 
-def _cluster_problems(alias: str, db: Mapping[str, Any],
-                      databases: Mapping[str, Mapping[str, Any]]) -> list[checks.CheckMessage]:
+def _cluster_problems(
+    alias: str, db: Mapping[str, Any], databases: Mapping[str, Mapping[str, Any]]
+) -> list[checks.CheckMessage]:
     """E010/E011 for an alias whose POOL parses."""
     cfg = config_mod.parse(alias, db["POOL"])
     obj = f"DATABASES[{alias!r}]"
@@ -173,12 +209,18 @@ def _cluster_problems(alias: str, db: Mapping[str, Any],
     try:
         config_mod.check_hosts_options(alias, cfg, db.get("OPTIONS") or {})
     except ImproperlyConfigured as exc:
-        found.append(checks.Error(str(exc), obj=obj, id="autopool.E010",
-                                  hint="See autopool's documentation, docs/clusters.rst."))
+        found.append(
+            checks.Error(str(exc), obj=obj, id="autopool.E010", hint="See autopool's documentation, docs/clusters.rst.")
+        )
     if cfg.replica_of is not None and cfg.replica_of not in databases:
-        found.append(checks.Error(
-            f"DATABASES[{alias!r}]['POOL']['replica_of'] is {cfg.replica_of!r}, which is not a DATABASES "
-            f"alias (aliases: {', '.join(databases)}).", obj=obj, id="autopool.E011"))
+        found.append(
+            checks.Error(
+                f"DATABASES[{alias!r}]['POOL']['replica_of'] is {cfg.replica_of!r}, which is not a DATABASES "
+                f"alias (aliases: {', '.join(databases)}).",
+                obj=obj,
+                id="autopool.E011",
+            )
+        )
     return found
 
 
@@ -212,30 +254,43 @@ def check_fleet(app_configs: Any = None, databases: Any = None, **kwargs: Any) -
         return [checks.Error(str(exc), id="autopool.E012")]
     servers, problems = fleet.survey(settings.DATABASES)
     messages: list[checks.CheckMessage] = []
-    for alias, address, message in problems:
-        if "cannot query" not in message:
+    for problem in problems:
+        if problem.kind is not fleet.ProblemKind.UNREACHABLE:
             continue  # a POOL that does not parse is E001's
-        where = f" ({address})" if address else ""
-        messages.append(checks.Warning(
-            f"DATABASES[{alias!r}]{where}: {message}; its share of the server's connections is not checked.",
-            obj=f"DATABASES[{alias!r}]", id="autopool.W011"))
+        alias, where = problem.alias, f" ({problem.address})" if problem.address else ""
+        messages.append(
+            checks.Warning(
+                f"DATABASES[{alias!r}]{where}: {problem.message}; its share of the server's connections is not "
+                "checked.",
+                obj=f"DATABASES[{alias!r}]",
+                id="autopool.W011",
+            )
+        )
     for server in servers.values():
         info, numbers = server["info"], fleet.fit(server, processes)
         members = ", ".join(repr(m[0]) for m in server["members"])
         if numbers["unbounded"]:
-            messages.append(checks.Warning(
-                f"{info['address']}: max_overflow=-1 on {', '.join(repr(a) for a in numbers['unbounded'])} "
-                f"lets the pool open connections without limit; it cannot be checked against "
-                f"max_connections={info['max_connections']}.", id="autopool.W010",
-                hint="Set a bounded max_overflow."))
+            messages.append(
+                checks.Warning(
+                    f"{info['address']}: max_overflow=-1 on {', '.join(repr(a) for a in numbers['unbounded'])} "
+                    f"lets the pool open connections without limit; it cannot be checked against "
+                    f"max_connections={info['max_connections']}.",
+                    id="autopool.W010",
+                    hint="Set a bounded max_overflow.",
+                )
+            )
         elif not numbers["fits"]:
-            messages.append(checks.Warning(
-                f"{info['address']}: {processes} process(es) x {numbers['per_process']} connections "
-                f"(pool_size + max_overflow of {members}) = {numbers['needed']} do not fit in the "
-                f"{numbers['free']} free of max_connections={info['max_connections']} "
-                f"({info['threads_connected']} in use).", id="autopool.W010",
-                hint="Lower pool_size/max_overflow, run fewer processes (AUTOPOOL_PROCESSES is the number "
-                     "of processes sharing these servers), or raise max_connections."))
+            messages.append(
+                checks.Warning(
+                    f"{info['address']}: {processes} process(es) x {numbers['per_process']} connections "
+                    f"(pool_size + max_overflow of {members}) = {numbers['needed']} do not fit in the "
+                    f"{numbers['free']} free of max_connections={info['max_connections']} "
+                    f"({info['threads_connected']} in use).",
+                    id="autopool.W010",
+                    hint="Lower pool_size/max_overflow, run fewer processes (AUTOPOOL_PROCESSES is the number "
+                    "of processes sharing these servers), or raise max_connections.",
+                )
+            )
     return messages
 
 
@@ -261,11 +316,15 @@ def check_asgi_databases(databases: Mapping[str, Mapping[str, Any]]) -> list[che
         # Under ASGI every request runs its sync code on a thread of its own, so Django's
         # per-thread persistent connections are opened per request and never reused (Django
         # ticket #33497): they pile up until the server's max_connections.
-        messages.append(checks.Warning(
-            f"DATABASES[{alias!r}] sets CONN_MAX_AGE={max_age!r} without a POOL in an ASGI project "
-            "(ASGI_APPLICATION is set): under ASGI each request runs on a new thread, so persistent "
-            "connections are not reused and accumulate on the database server.",
-            obj=f"DATABASES[{alias!r}]", id="autopool.W020",
-            hint="Add a POOL to this alias (e.g. {'pool_size': 10}) and set CONN_MAX_AGE to 0, or set "
-                 "CONN_MAX_AGE to 0 (Django's documentation for ASGI)."))
+        messages.append(
+            checks.Warning(
+                f"DATABASES[{alias!r}] sets CONN_MAX_AGE={max_age!r} without a POOL in an ASGI project "
+                "(ASGI_APPLICATION is set): under ASGI each request runs on a new thread, so persistent "
+                "connections are not reused and accumulate on the database server.",
+                obj=f"DATABASES[{alias!r}]",
+                id="autopool.W020",
+                hint="Add a POOL to this alias (e.g. {'pool_size': 10}) and set CONN_MAX_AGE to 0, or set "
+                "CONN_MAX_AGE to 0 (Django's documentation for ASGI).",
+            )
+        )
     return messages

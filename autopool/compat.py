@@ -1,4 +1,5 @@
 """Converting settings written for other Django MySQL pools."""
+
 from __future__ import annotations
 
 import copy
@@ -40,7 +41,8 @@ def from_dj_db_conn_pool(databases: dict[str, dict[str, Any]]) -> dict[str, dict
 
                     raise ImproperlyConfigured(
                         f"DATABASES[{alias!r}]['POOL_OPTIONS'][{key!r}] has no autopool equivalent; "
-                        f"valid keys: {', '.join(_DJ_DB_CONN_POOL_KEYS)}")
+                        f"valid keys: {', '.join(_DJ_DB_CONN_POOL_KEYS)}"
+                    )
                 pool[_DJ_DB_CONN_POOL_KEYS[key]] = value
             entry["POOL"] = pool
         elif engine in _SEED_ENGINES:

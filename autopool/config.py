@@ -5,6 +5,7 @@ the README's option table is checked against it. A bad value raises
 ``ImproperlyConfigured`` naming the alias, the key and what is valid, so a
 typo never surfaces as a traceback from deep inside SQLAlchemy.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -37,19 +38,22 @@ RESET_CHOICES = ("rollback", None, True, False)
 # Pool classes that cannot serve Django: why, by the class's dotted name (subclasses too).
 _REFUSED_POOL_CLASSES = {
     "sqlalchemy.pool.impl.StaticPool": "hands its one connection to every checkout: two threads (or greenlets) "
-                                       "would run their queries and transactions on the same connection",
+    "would run their queries and transactions on the same connection",
     "sqlalchemy.pool.impl.AssertionPool": "hands out one connection and raises AssertionError on a second "
-                                          "concurrent checkout: a second thread's request fails",
+    "concurrent checkout: a second thread's request fails",
     "sqlalchemy.pool.impl.SingletonThreadPool": "hands the same connection to every checkout of a thread (a "
-                                                "greenlet under gevent), so two connection objects of one thread "
-                                                "share it, and it closes the connections of other threads once "
-                                                "more than pool_size threads used it, while they may be in use",
+    "greenlet under gevent), so two connection objects of one thread "
+    "share it, and it closes the connections of other threads once "
+    "more than pool_size threads used it, while they may be in use",
     "sqlalchemy.pool.impl.AsyncAdaptedQueuePool": "is an asyncio pool: Django's MySQL backend is synchronous",
-    "sqlalchemy.pool.impl.FallbackAsyncAdaptedQueuePool": "is an asyncio pool: Django's MySQL backend is "
-                                                          "synchronous",
+    "sqlalchemy.pool.impl.FallbackAsyncAdaptedQueuePool": "is an asyncio pool: Django's MySQL backend is synchronous",
 }
-POOL_CLASS_CHOICES = ("autopool.pool.QueuePool", "autopool.pool.DjangoQueuePool", "sqlalchemy.pool.QueuePool",
-                      "sqlalchemy.pool.NullPool")
+POOL_CLASS_CHOICES = (
+    "autopool.pool.QueuePool",
+    "autopool.pool.DjangoQueuePool",
+    "sqlalchemy.pool.QueuePool",
+    "sqlalchemy.pool.NullPool",
+)
 # Dialect names accepted for ``dialect`` (as in an SQLAlchemy URL); the driver part must be Django's.
 DIALECT_NAMES = ("mysql", "mariadb")
 DIALECT_DRIVERS = {"mysqldb": "mysqlclient", "pymysql": "pymysql"}
@@ -72,86 +76,174 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("preset", None, "Name of a preset to start from: slow_and_safe, fast_and_sane or fast_and_wild."),
-    Option("django_pool_class", DEFAULT_POOL_CLASS,
-           "Pool class or dotted path. SQLAlchemy's QueuePool and the seed's DjangoQueuePool map to "
-           "autopool's fair implementations."),
-    Option("django_pre_ping", False,
-           "Ping each idle connection before handing it out; a dead one is replaced transparently. "
-           "Same mechanism as pre_ping (one round trip per checkout)."),
-    Option("django_reset_on_return", True,
-           "Roll back on return only when a transaction may be open (tracked from Django and the "
-           "driver's server status), so a clean connection costs no round trip."),
-    Option("django_core_pool_size", None,
-           "DjangoQueuePool: connections never retired (default: pool_size). Number or callable.", argument="core_pool_size"),
-    Option("django_unload_timeout", None,
-           "DjangoQueuePool: once core connections are checked out, wait up to this many seconds for "
-           "one to come back before opening another (None: open at once). Number or callable.", argument="unload_timeout"),
-    Option("django_retire_interval", 5,
-           "DjangoQueuePool: seconds between retirement rounds. Number or callable.", argument="retire_interval"),
-    Option("django_retire_quantity", 1,
-           "DjangoQueuePool: idle connections above core closed per round, oldest idle first. "
-           "Number or callable.", argument="retire_quantity"),
+    Option(
+        "django_pool_class",
+        DEFAULT_POOL_CLASS,
+        "Pool class or dotted path. SQLAlchemy's QueuePool and the seed's DjangoQueuePool map to "
+        "autopool's fair implementations.",
+    ),
+    Option(
+        "django_pre_ping",
+        False,
+        "Ping each idle connection before handing it out; a dead one is replaced transparently. "
+        "Same mechanism as pre_ping (one round trip per checkout).",
+    ),
+    Option(
+        "django_reset_on_return",
+        True,
+        "Roll back on return only when a transaction may be open (tracked from Django and the "
+        "driver's server status), so a clean connection costs no round trip.",
+    ),
+    Option(
+        "django_core_pool_size",
+        None,
+        "DjangoQueuePool: connections never retired (default: pool_size). Number or callable.",
+        argument="core_pool_size",
+    ),
+    Option(
+        "django_unload_timeout",
+        None,
+        "DjangoQueuePool: once core connections are checked out, wait up to this many seconds for "
+        "one to come back before opening another (None: open at once). Number or callable.",
+        argument="unload_timeout",
+    ),
+    Option(
+        "django_retire_interval",
+        5,
+        "DjangoQueuePool: seconds between retirement rounds. Number or callable.",
+        argument="retire_interval",
+    ),
+    Option(
+        "django_retire_quantity",
+        1,
+        "DjangoQueuePool: idle connections above core closed per round, oldest idle first. Number or callable.",
+        argument="retire_quantity",
+    ),
     Option("pool_size", 5, "Connections kept open in the pool.", argument="pool_size"),
-    Option("max_overflow", 10,
-           "Extra connections opened under load and closed on return; -1 for no limit.", argument="max_overflow"),
-    Option("timeout", 30, "Seconds a checkout waits for a connection before raising autopool.PoolTimeout.", argument="timeout"),
-    Option("recycle", 3600,
-           "Replace connections older than this many seconds at checkout (-1: never). Keep it below "
-           "the server's wait_timeout.", argument="recycle"),
-    Option("dialect", None,
-           "SQLAlchemy dialect used for pings and resets: None (the MySQL dialect of the driver in use), "
-           "a name as in an SQLAlchemy URL ('mysql', 'mariadb', 'mysql+mysqldb', 'mysql+pymysql', "
-           "'mariadb+mysqldb', 'mariadb+pymysql'; the driver part must be the one Django uses), or a "
-           "synchronous sqlalchemy.engine.interfaces.Dialect instance."),
+    Option(
+        "max_overflow",
+        10,
+        "Extra connections opened under load and closed on return; -1 for no limit.",
+        argument="max_overflow",
+    ),
+    Option(
+        "timeout",
+        30,
+        "Seconds a checkout waits for a connection before raising autopool.PoolTimeout.",
+        argument="timeout",
+    ),
+    Option(
+        "recycle",
+        3600,
+        "Replace connections older than this many seconds at checkout (-1: never). Keep it below "
+        "the server's wait_timeout.",
+        argument="recycle",
+    ),
+    Option(
+        "dialect",
+        None,
+        "SQLAlchemy dialect used for pings and resets: None (the MySQL dialect of the driver in use), "
+        "a name as in an SQLAlchemy URL ('mysql', 'mariadb', 'mysql+mysqldb', 'mysql+pymysql', "
+        "'mariadb+mysqldb', 'mariadb+pymysql'; the driver part must be the one Django uses), or a "
+        "synchronous sqlalchemy.engine.interfaces.Dialect instance.",
+    ),
     Option("pre_ping", False, "SQLAlchemy's pre-ping on checkout (one round trip per checkout).", argument="pre_ping"),
-    Option("use_threadlocal", False,
-           "Removed from SQLAlchemy 1.4; emulated: a thread (or greenlet) gets back the connection it "
-           "returned last when that one is idle. Two checkouts never share a connection.", argument="use_threadlocal"),
-    Option("reset_on_return", None,
-           "SQLAlchemy's unconditional reset on every return: 'rollback' (or True), or None/False "
-           "(autopool's tracked rollback applies instead). 'commit' is refused: it would commit the "
-           "work of requests that Django rolls back.", argument="reset_on_return"),
-    Option("use_lifo", False, "Hand out the most recently returned connection first (lets idle ones age out).", argument="use_lifo"),
+    Option(
+        "use_threadlocal",
+        False,
+        "Removed from SQLAlchemy 1.4; emulated: a thread (or greenlet) gets back the connection it "
+        "returned last when that one is idle. Two checkouts never share a connection.",
+        argument="use_threadlocal",
+    ),
+    Option(
+        "reset_on_return",
+        None,
+        "SQLAlchemy's unconditional reset on every return: 'rollback' (or True), or None/False "
+        "(autopool's tracked rollback applies instead). 'commit' is refused: it would commit the "
+        "work of requests that Django rolls back.",
+        argument="reset_on_return",
+    ),
+    Option(
+        "use_lifo",
+        False,
+        "Hand out the most recently returned connection first (lets idle ones age out).",
+        argument="use_lifo",
+    ),
     Option("echo", False, "SQLAlchemy pool logging: True, False or 'debug'.", argument="echo"),
-    Option("max_waiting", None,
-           "When the pool is exhausted and this many requests already wait, fail at once with "
-           "autopool.TooManyWaiters (None: no limit).", argument="max_waiting"),
-    Option("cooperative", "auto",
-           "mysqlclient under gevent: wait for query results cooperatively ('auto': when gevent has "
-           "patched socket; True; False)."),
-    Option("leak_detection_threshold", None,
-           "Seconds; log once, with the checkout stack, a connection held longer than this.", argument="leak_detection_threshold"),
-    Option("reset_session", False,
-           "Reset the server session on return (COM_RESET_CONNECTION): user variables, temporary "
-           "tables, SET SESSION changes, table and named locks. Costs the reset plus re-applying the "
-           "connection's character set (and OPTIONS sql_mode/init_command) on return, and Django's "
-           "session set-up on the next checkout."),
-    Option("hosts", None,
-           "Several servers for this alias (a Galera cluster), as 'host:port' strings (port defaults to "
-           "PORT, else 3306); one pool spans them and its caps apply to the sum. Needs connect_timeout "
-           "and read_timeout in OPTIONS. See 'Clusters and replicas' (docs/clusters.rst)."),
-    Option("host_policy", "failover",
-           "With hosts: 'failover' (new connections go to the first healthy host in list order, and "
-           "back once an earlier host is healthy again) or 'round_robin' (spread over healthy hosts)."),
-    Option("host_down_backoff", 1.0,
-           "With hosts: seconds a failed host is avoided before it is probed again; doubles after each "
-           "failed probe, up to host_down_backoff_max."),
+    Option(
+        "max_waiting",
+        None,
+        "When the pool is exhausted and this many requests already wait, fail at once with "
+        "autopool.TooManyWaiters (None: no limit).",
+        argument="max_waiting",
+    ),
+    Option(
+        "cooperative",
+        "auto",
+        "mysqlclient under gevent: wait for query results cooperatively ('auto': when gevent has "
+        "patched socket; True; False).",
+    ),
+    Option(
+        "leak_detection_threshold",
+        None,
+        "Seconds; log once, with the checkout stack, a connection held longer than this.",
+        argument="leak_detection_threshold",
+    ),
+    Option(
+        "reset_session",
+        False,
+        "Reset the server session on return (COM_RESET_CONNECTION): user variables, temporary "
+        "tables, SET SESSION changes, table and named locks. Costs the reset plus re-applying the "
+        "connection's character set (and OPTIONS sql_mode/init_command) on return, and Django's "
+        "session set-up on the next checkout.",
+    ),
+    Option(
+        "hosts",
+        None,
+        "Several servers for this alias (a Galera cluster), as 'host:port' strings (port defaults to "
+        "PORT, else 3306); one pool spans them and its caps apply to the sum. Needs connect_timeout "
+        "and read_timeout in OPTIONS. See 'Clusters and replicas' (docs/clusters.rst).",
+    ),
+    Option(
+        "host_policy",
+        "failover",
+        "With hosts: 'failover' (new connections go to the first healthy host in list order, and "
+        "back once an earlier host is healthy again) or 'round_robin' (spread over healthy hosts).",
+    ),
+    Option(
+        "host_down_backoff",
+        1.0,
+        "With hosts: seconds a failed host is avoided before it is probed again; doubles after each "
+        "failed probe, up to host_down_backoff_max.",
+    ),
     Option("host_down_backoff_max", 10.0, "With hosts: the longest back-off, in seconds."),
-    Option("replica_of", None,
-           "Alias of the primary this alias replicates: autopool.routers.ReplicaRouter may send that "
-           "primary's reads here."),
-    Option("max_replica_lag", 5.0,
-           "With replica_of: reads use this replica only while its replication lag, checked every "
-           "second by the housekeeping task, is below this many seconds (unknown lag: not used)."),
-    Option("pool_mode", "request",
-           "'request': a request holds its connection from its first query until Django closes it. "
-           "'transaction': outside atomic() and with autocommit on, the connection goes back to the "
-           "pool after each statement (session state does not survive between statements; see "
-           "autopool.pinned())."),
-    Option("session_state_guard", "warn",
-           "pool_mode='transaction': a statement that sets session state (SET, USE, CREATE TEMPORARY, "
-           "GET_LOCK, LOCK TABLES) outside a transaction or pinned() is logged ('warn'), refused "
-           "('error', autopool.SessionStateError) or let through (None)."),
+    Option(
+        "replica_of",
+        None,
+        "Alias of the primary this alias replicates: autopool.routers.ReplicaRouter may send that "
+        "primary's reads here.",
+    ),
+    Option(
+        "max_replica_lag",
+        5.0,
+        "With replica_of: reads use this replica only while its replication lag, checked every "
+        "second by the housekeeping task, is below this many seconds (unknown lag: not used).",
+    ),
+    Option(
+        "pool_mode",
+        "request",
+        "'request': a request holds its connection from its first query until Django closes it. "
+        "'transaction': outside atomic() and with autocommit on, the connection goes back to the "
+        "pool after each statement (session state does not survive between statements; see "
+        "autopool.pinned()).",
+    ),
+    Option(
+        "session_state_guard",
+        "warn",
+        "pool_mode='transaction': a statement that sets session state (SET, USE, CREATE TEMPORARY, "
+        "GET_LOCK, LOCK TABLES) outside a transaction or pinned() is logged ('warn'), refused "
+        "('error', autopool.SessionStateError) or let through (None).",
+    ),
 )
 OPTION_NAMES = tuple(o.name for o in OPTIONS)
 _DEFAULTS = {o.name: o.default for o in OPTIONS}
@@ -216,7 +308,8 @@ class PoolConfig:
 
 # Every option but django_pool_class (parsed into pool_class) is a PoolConfig field, and nothing else is.
 assert {f.name for f in fields(PoolConfig)} - {"alias", "pool_class", "raw"} == set(OPTION_NAMES) - {
-    "django_pool_class"}, "PoolConfig's fields and OPTIONS differ"
+    "django_pool_class"
+}, "PoolConfig's fields and OPTIONS differ"
 
 
 def pool_arguments(cfg: PoolConfig) -> dict[str, Any]:
@@ -234,8 +327,13 @@ def pool_arguments(cfg: PoolConfig) -> dict[str, Any]:
             if option.name in _ELASTIC and callable(value):
                 value = checked(cfg.alias, option.name, value)
             arguments[option.argument] = value
-    arguments.update(echo=cfg.echo or None, reset_on_return=cfg.sa_reset_on_return, pre_ping=cfg.any_pre_ping,
-                     logging_name=cfg.alias, name=cfg.alias)
+    arguments.update(
+        echo=cfg.echo or None,
+        reset_on_return=cfg.sa_reset_on_return,
+        pre_ping=cfg.any_pre_ping,
+        logging_name=cfg.alias,
+        name=cfg.alias,
+    )
     return arguments
 
 
@@ -249,8 +347,11 @@ def resolve(alias: str, setting: Any) -> dict[str, Any]:
     if isinstance(setting, str):
         setting = {"preset": setting}
     if not isinstance(setting, Mapping):
-        raise _fail(alias, None, f"expected a dict of options or a preset name "
-                                 f"({', '.join(sorted(PRESETS))}), got {type(setting).__name__}")
+        raise _fail(
+            alias,
+            None,
+            f"expected a dict of options or a preset name ({', '.join(sorted(PRESETS))}), got {type(setting).__name__}",
+        )
     unknown = [k for k in setting if k not in _DEFAULTS]
     if unknown:
         key = unknown[0]
@@ -261,8 +362,7 @@ def resolve(alias: str, setting: Any) -> dict[str, Any]:
     preset = setting.get("preset")
     if preset is not None:
         if not isinstance(preset, str) or preset.lower() not in PRESETS:
-            raise _fail(alias, "preset", f"unknown preset {preset!r}; valid presets are: "
-                                         f"{', '.join(sorted(PRESETS))}")
+            raise _fail(alias, "preset", f"unknown preset {preset!r}; valid presets are: {', '.join(sorted(PRESETS))}")
         options.update(PRESETS[preset.lower()])
     options.update(setting)
     return options
@@ -277,28 +377,49 @@ def _pool_class(alias: str, value: Any) -> type:
         try:
             value = import_string(path)
         except ImportError as exc:
-            raise _fail(alias, "django_pool_class", f"cannot import {path!r} ({exc}); use a Pool "
-                        "subclass or a dotted path such as 'autopool.pool.QueuePool' or "
-                        "'autopool.pool.DjangoQueuePool'") from None
+            raise _fail(
+                alias,
+                "django_pool_class",
+                f"cannot import {path!r} ({exc}); use a Pool "
+                "subclass or a dotted path such as 'autopool.pool.QueuePool' or "
+                "'autopool.pool.DjangoQueuePool'",
+            ) from None
         if value is SAQueuePool:
             return QueuePool
     if not (isinstance(value, type) and issubclass(value, Pool)):
-        raise _fail(alias, "django_pool_class", f"expected a sqlalchemy.pool.Pool subclass or its dotted "
-                    f"path, got {value!r}; valid choices: {', '.join(repr(c) for c in POOL_CLASS_CHOICES)}")
+        raise _fail(
+            alias,
+            "django_pool_class",
+            f"expected a sqlalchemy.pool.Pool subclass or its dotted "
+            f"path, got {value!r}; valid choices: {', '.join(repr(c) for c in POOL_CLASS_CHOICES)}",
+        )
     for klass in value.__mro__:
         why = _REFUSED_POOL_CLASSES.get(f"{klass.__module__}.{klass.__qualname__}")
         if why is None and getattr(klass, "_is_asyncio", False) is True:
             why = "is an asyncio pool: Django's MySQL backend is synchronous"
         if why is not None:
             name = given if isinstance(given, str) else f"{value.__module__}.{value.__qualname__}"
-            raise _fail(alias, "django_pool_class", f"{name} cannot pool Django's connections: it {why}. "
-                        f"Valid choices: {', '.join(repr(c) for c in POOL_CLASS_CHOICES)}, or a Pool "
-                        "subclass that gives each checkout its own connection")
+            raise _fail(
+                alias,
+                "django_pool_class",
+                f"{name} cannot pool Django's connections: it {why}. "
+                f"Valid choices: {', '.join(repr(c) for c in POOL_CLASS_CHOICES)}, or a Pool "
+                "subclass that gives each checkout its own connection",
+            )
     return value
 
 
-def _check_number(alias: str, key: str, value: Any, *, minimum: Number, integer: bool = False,
-                  allow_none: bool = False, allow_callable: bool = False, extra: str = "") -> None:
+def _check_number(
+    alias: str,
+    key: str,
+    value: Any,
+    *,
+    minimum: Number,
+    integer: bool = False,
+    allow_none: bool = False,
+    allow_callable: bool = False,
+    extra: str = "",
+) -> None:
     if value is None and allow_none:
         return
     if allow_callable and callable(value):
@@ -318,16 +439,21 @@ def _check_number(alias: str, key: str, value: Any, *, minimum: Number, integer:
 
 def _check_choice(alias: str, key: str, value: Any, choices: tuple[Any, ...]) -> None:
     if not any(value is c or (isinstance(c, str) and value == c) for c in choices):
-        raise _fail(alias, key, f"invalid value {value!r}; valid choices are: "
-                                f"{', '.join(repr(c) for c in choices)}")
+        raise _fail(alias, key, f"invalid value {value!r}; valid choices are: {', '.join(repr(c) for c in choices)}")
 
 
 def parse(alias: str, setting: Any) -> PoolConfig:
     """Validate a ``POOL`` setting and return its :class:`PoolConfig`."""
     o = resolve(alias, setting)
     pool_class = _pool_class(alias, o["django_pool_class"])
-    for key in ("django_pre_ping", "django_reset_on_return", "pre_ping", "use_threadlocal",
-                "use_lifo", "reset_session"):
+    for key in (
+        "django_pre_ping",
+        "django_reset_on_return",
+        "pre_ping",
+        "use_threadlocal",
+        "use_lifo",
+        "reset_session",
+    ):
         _check_choice(alias, key, o[key], (True, False))
     _check_number(alias, "pool_size", o["pool_size"], minimum=1, integer=True)
     _check_number(alias, "max_overflow", o["max_overflow"], minimum=-1, integer=True, extra="(-1: no limit)")
@@ -337,39 +463,61 @@ def parse(alias: str, setting: Any) -> PoolConfig:
     _check_number(alias, "max_waiting", o["max_waiting"], minimum=0, integer=True, allow_none=True)
     _check_number(alias, "leak_detection_threshold", o["leak_detection_threshold"], minimum=0, allow_none=True)
     if o["reset_on_return"] == "commit":
-        raise _fail(alias, "reset_on_return", "'commit' is refused: Django rolls back the work of a request "
-                    "that fails or ends inside a transaction (an exception in a view, set_autocommit(False) "
-                    "without commit, a raw START TRANSACTION), and a pool that commits on return would "
-                    "commit that work instead. Use 'rollback' (or True), or None/False to let autopool roll "
-                    "back only when a transaction may be open; valid choices: "
-                    f"{', '.join(repr(c) for c in RESET_CHOICES)}")
+        raise _fail(
+            alias,
+            "reset_on_return",
+            "'commit' is refused: Django rolls back the work of a request "
+            "that fails or ends inside a transaction (an exception in a view, set_autocommit(False) "
+            "without commit, a raw START TRANSACTION), and a pool that commits on return would "
+            "commit that work instead. Use 'rollback' (or True), or None/False to let autopool roll "
+            "back only when a transaction may be open; valid choices: "
+            f"{', '.join(repr(c) for c in RESET_CHOICES)}",
+        )
     _check_choice(alias, "reset_on_return", o["reset_on_return"], RESET_CHOICES)
     _check_dialect(alias, o["dialect"])
     _check_choice(alias, "cooperative", o["cooperative"], COOPERATIVE_CHOICES)
     _check_choice(alias, "echo", o["echo"], (True, False, None, "debug"))
-    _check_number(alias, "django_core_pool_size", o["django_core_pool_size"], minimum=0, integer=True,
-                  allow_none=True, allow_callable=True)
-    _check_number(alias, "django_unload_timeout", o["django_unload_timeout"], minimum=0, allow_none=True,
-                  allow_callable=True)
-    _check_number(alias, "django_retire_interval", o["django_retire_interval"], minimum=0,
-                  allow_callable=True, extra="(exclusive)")
+    _check_number(
+        alias,
+        "django_core_pool_size",
+        o["django_core_pool_size"],
+        minimum=0,
+        integer=True,
+        allow_none=True,
+        allow_callable=True,
+    )
+    _check_number(
+        alias, "django_unload_timeout", o["django_unload_timeout"], minimum=0, allow_none=True, allow_callable=True
+    )
+    _check_number(
+        alias,
+        "django_retire_interval",
+        o["django_retire_interval"],
+        minimum=0,
+        allow_callable=True,
+        extra="(exclusive)",
+    )
     if not callable(o["django_retire_interval"]) and o["django_retire_interval"] == 0:
         raise _fail(alias, "django_retire_interval", "expected a number > 0, got 0")
-    _check_number(alias, "django_retire_quantity", o["django_retire_quantity"], minimum=0, integer=True,
-                  allow_callable=True)
+    _check_number(
+        alias, "django_retire_quantity", o["django_retire_quantity"], minimum=0, integer=True, allow_callable=True
+    )
     for key in _ELASTIC:
         if callable(o[key]):
             evaluate_option(alias, key, o[key])  # once now, so ``manage.py check`` shows a bad result
     if not issubclass(pool_class, DjangoQueuePool):
         explicit = [k for k in _ELASTIC if k in _explicit_keys(setting)]
         if explicit:
-            raise _fail(alias, explicit[0], f"only applies to autopool.pool.DjangoQueuePool, but "
-                        f"django_pool_class is {pool_class.__module__}.{pool_class.__qualname__}; "
-                        f"set 'django_pool_class': 'autopool.pool.DjangoQueuePool' or remove it")
+            raise _fail(
+                alias,
+                explicit[0],
+                f"only applies to autopool.pool.DjangoQueuePool, but "
+                f"django_pool_class is {pool_class.__module__}.{pool_class.__qualname__}; "
+                f"set 'django_pool_class': 'autopool.pool.DjangoQueuePool' or remove it",
+            )
     core = o["django_core_pool_size"]
     if isinstance(core, int) and core > o["pool_size"] and o["max_overflow"] == 0:
-        raise _fail(alias, "django_core_pool_size", f"{core} exceeds pool_size {o['pool_size']} "
-                    "with max_overflow=0")
+        raise _fail(alias, "django_core_pool_size", f"{core} exceeds pool_size {o['pool_size']} with max_overflow=0")
     _check_cluster_options(alias, o)
     _check_choice(alias, "pool_mode", o["pool_mode"], POOL_MODES)
     _check_choice(alias, "session_state_guard", o["session_state_guard"], SESSION_STATE_GUARDS)
@@ -401,8 +549,11 @@ def parse_host(alias: str, value: Any) -> tuple[str, int | None]:
     else:
         raise _fail(alias, "hosts", f"expected 'host:port' strings or (host, port) pairs, got {value!r}")
     if not isinstance(host, str) or not host.strip() or host.startswith("/"):
-        raise _fail(alias, "hosts", f"invalid host in {value!r}: expected a host name or address "
-                                    "(unix sockets cannot be used with hosts)")
+        raise _fail(
+            alias,
+            "hosts",
+            f"invalid host in {value!r}: expected a host name or address (unix sockets cannot be used with hosts)",
+        )
     if port is not None and port != "":
         try:
             port = int(port)
@@ -428,8 +579,11 @@ def _check_cluster_options(alias: str, o: dict[str, Any]) -> None:
     _check_number(alias, "host_down_backoff", o["host_down_backoff"], minimum=0)
     _check_number(alias, "host_down_backoff_max", o["host_down_backoff_max"], minimum=0)
     if o["host_down_backoff_max"] < o["host_down_backoff"]:
-        raise _fail(alias, "host_down_backoff_max", f"{o['host_down_backoff_max']!r} is below "
-                    f"host_down_backoff={o['host_down_backoff']!r}")
+        raise _fail(
+            alias,
+            "host_down_backoff_max",
+            f"{o['host_down_backoff_max']!r} is below host_down_backoff={o['host_down_backoff']!r}",
+        )
     replica_of = o["replica_of"]
     if replica_of is not None and (not isinstance(replica_of, str) or not replica_of or replica_of == alias):
         raise _fail(alias, "replica_of", f"expected the alias of another DATABASES entry, got {replica_of!r}")
@@ -449,7 +603,8 @@ def check_hosts_options(alias: str, cfg: PoolConfig, options: Mapping[str, Any])
             f"DATABASES[{alias!r}]['POOL']['hosts'] needs {' and '.join(repr(k) for k in missing)} in "
             f"DATABASES[{alias!r}]['OPTIONS'] (seconds, e.g. {{'connect_timeout': 2, 'read_timeout': 30}}): "
             "without them a dead or frozen host holds requests for the kernel's TCP timeouts instead of "
-            "failing over.")
+            "failing over."
+        )
 
 
 def _explicit_keys(setting: Any) -> tuple[str, ...]:
@@ -495,16 +650,16 @@ def evaluate_option(alias: str, key: str, value: Dynamic | None) -> Number | Non
     try:
         result = value()
     except Exception as exc:  # noqa: BLE001 - reported with the alias and key
-        raise _fail(alias, key, f"the callable {_callable_name(value)} raised "
-                                f"{type(exc).__name__}: {exc}") from exc
+        raise _fail(alias, key, f"the callable {_callable_name(value)} raised {type(exc).__name__}: {exc}") from exc
     rules = _ELASTIC_RULES.get(key, {})
     try:
         _check_number(alias, key, result, **rules)
         if key == "django_retire_interval" and result == 0:
             raise _fail(alias, key, "expected a number > 0, got 0")
     except ImproperlyConfigured as exc:
-        raise _fail(alias, key, f"the callable {_callable_name(value)} returned {result!r}; "
-                                f"{str(exc).split(': ', 1)[1]}") from None
+        raise _fail(
+            alias, key, f"the callable {_callable_name(value)} returned {result!r}; {str(exc).split(': ', 1)[1]}"
+        ) from None
     return result
 
 
@@ -533,24 +688,38 @@ def _check_dialect(alias: str, value: Any) -> None:
         return
     from sqlalchemy.engine.interfaces import Dialect
 
-    choices = ("None, a name such as " + ", ".join(repr(n) for n in dialect_names())
-               + ", or a sqlalchemy.engine.interfaces.Dialect instance")
+    choices = (
+        "None, a name such as "
+        + ", ".join(repr(n) for n in dialect_names())
+        + ", or a sqlalchemy.engine.interfaces.Dialect instance"
+    )
     if isinstance(value, str):
         name, _, driver = value.strip().lower().partition("+")
         if name not in DIALECT_NAMES or (driver and driver not in DIALECT_DRIVERS):
             raise _fail(alias, "dialect", f"unknown dialect {value!r}; valid choices: {choices}")
         return
     if isinstance(value, type) and issubclass(value, Dialect):
-        raise _fail(alias, "dialect", f"expected a Dialect instance, got the class {value.__qualname__}; "
-                                      f"valid choices: {choices}")
+        raise _fail(
+            alias,
+            "dialect",
+            f"expected a Dialect instance, got the class {value.__qualname__}; valid choices: {choices}",
+        )
     if not isinstance(value, Dialect):
         raise _fail(alias, "dialect", f"expected {choices}; got {value!r}")
     if getattr(value, "is_async", False):
-        raise _fail(alias, "dialect", f"{type(value).__qualname__} is an asyncio dialect: Django's MySQL "
-                                      f"backend is synchronous; valid choices: {choices}")
+        raise _fail(
+            alias,
+            "dialect",
+            f"{type(value).__qualname__} is an asyncio dialect: Django's MySQL "
+            f"backend is synchronous; valid choices: {choices}",
+        )
     if getattr(value, "name", None) not in DIALECT_NAMES or getattr(value, "driver", None) not in DIALECT_DRIVERS:
-        raise _fail(alias, "dialect", f"{type(value).__qualname__} ({value.name}+{value.driver}) is not a dialect "
-                                      f"of Django's MySQL drivers (mysqldb, pymysql); valid choices: {choices}")
+        raise _fail(
+            alias,
+            "dialect",
+            f"{type(value).__qualname__} ({value.name}+{value.driver}) is not a dialect "
+            f"of Django's MySQL drivers (mysqldb, pymysql); valid choices: {choices}",
+        )
 
 
 def dialect_names() -> tuple[str, ...]:
@@ -573,11 +742,16 @@ def resolve_dialect(alias: str, value: Any, driver: Any) -> Any:
         wanted = getattr(value, "driver", None)
     in_use = driver.name
     if wanted and wanted in DIALECT_DRIVERS and DIALECT_DRIVERS[wanted] != in_use:
-        ours = next(d for d, n in DIALECT_DRIVERS.items() if n == in_use) if in_use in DIALECT_DRIVERS.values() \
-            else None
+        ours = (
+            next(d for d, n in DIALECT_DRIVERS.items() if n == in_use) if in_use in DIALECT_DRIVERS.values() else None
+        )
         hint = f"use 'mysql+{ours}', 'mysql' or None" if ours else "use None"
-        raise _fail(alias, "dialect", f"{value!r} is for {DIALECT_DRIVERS[wanted]}, but Django's MySQL backend "
-                                      f"uses {in_use} in this process; {hint}")
+        raise _fail(
+            alias,
+            "dialect",
+            f"{value!r} is for {DIALECT_DRIVERS[wanted]}, but Django's MySQL backend "
+            f"uses {in_use} in this process; {hint}",
+        )
     if isinstance(value, str):
         return driver.dialect()
     if getattr(value, "dbapi", None) is None:
@@ -591,5 +765,15 @@ def resolve_dialect(alias: str, value: Any, driver: Any) -> Any:
     return value
 
 
-__all__ = ["OPTIONS", "Option", "PoolConfig", "parse", "resolve", "enabled", "evaluate", "evaluate_option",
-           "checked", "resolve_dialect"]
+__all__ = [
+    "OPTIONS",
+    "Option",
+    "PoolConfig",
+    "parse",
+    "resolve",
+    "enabled",
+    "evaluate",
+    "evaluate_option",
+    "checked",
+    "resolve_dialect",
+]

@@ -5,6 +5,7 @@ it in place in docs/options.rst, between the ``options-table-start`` and
 ``options-table-end`` comments. ``tests/test_docs.py`` checks that the page holds
 exactly this text, so the documentation cannot drift from the code.
 """
+
 from __future__ import annotations
 
 import sys
@@ -17,8 +18,15 @@ PAGE = Path(__file__).resolve().parent.parent / "docs" / "options.rst"
 
 
 def option_table() -> str:
-    lines = [".. list-table::", "   :header-rows: 1", "   :widths: 22 14 64", "",
-             "   * - Option", "     - Default", "     - Meaning"]
+    lines = [
+        ".. list-table::",
+        "   :header-rows: 1",
+        "   :widths: 22 14 64",
+        "",
+        "   * - Option",
+        "     - Default",
+        "     - Meaning",
+    ]
     for opt in OPTIONS:
         lines += [f"   * - ``{opt.name}``", f"     - ``{opt.default!r}``", f"     - {opt.doc}"]
     return "\n".join(lines) + "\n"

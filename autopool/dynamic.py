@@ -3,6 +3,7 @@
 A leaf module: the pools (``pool.py``) and the option table (``config.py``)
 both import it, and it imports nothing of autopool's.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -6,6 +6,7 @@ exhaustion the same way, without importing autopool. :class:`PoolTimeout` is
 also SQLAlchemy's ``TimeoutError``, which SQLAlchemy's ``QueuePool`` raises
 in the same situation, so code written against SQLAlchemy catches it too.
 """
+
 from __future__ import annotations
 
 from django.db import OperationalError

@@ -19,6 +19,7 @@ in the client library's buffer, where a socket wait would never wake), and
 reading a reply once its first bytes arrived: a reply that stops mid-stream
 blocks the hub until ``read_timeout``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
@@ -77,8 +78,9 @@ def _cooperative_class(base: Any) -> type:
             # The reply was never read: the protocol state is unknown, so the
             # connection is unusable, exactly as after a driver read timeout.
             self.close()
-            raise self.OperationalError(LOST_CONNECTION, "Lost connection to server during query "
-                                        "(read_timeout expired)") from None
+            raise self.OperationalError(
+                LOST_CONNECTION, "Lost connection to server during query (read_timeout expired)"
+            ) from None
         except BaseException:
             # Interrupted (gevent.kill, gevent.Timeout) with the reply still
             # on its way: the next command would read this query's reply as
@@ -96,8 +98,13 @@ def _cooperative_class(base: Any) -> type:
             if watcher.loop is hub.loop:
                 # A greenlet still waiting on it (one connection misused by two
                 # greenlets at once) gets an error instead of waiting forever.
-                hub.cancel_wait(watcher, self.OperationalError(
-                    LOST_CONNECTION, "Lost connection to server during query (connection closed)"), True)
+                hub.cancel_wait(
+                    watcher,
+                    self.OperationalError(
+                        LOST_CONNECTION, "Lost connection to server during query (connection closed)"
+                    ),
+                    True,
+                )
             else:
                 watcher.close()
         # Idempotent: a connection closed above is closed again by Django or

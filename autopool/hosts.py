@@ -34,6 +34,7 @@ All hosts down
     ``timeout`` and then raises :class:`~autopool.errors.NoHealthyHost`, a
     Django ``OperationalError`` naming the alias and each host's last error.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -48,6 +49,7 @@ from .errors import NoHealthyHost
 
 logger = logging.getLogger("autopool")
 
+DEFAULT_PORT = 3306  # MySQL's and MariaDB's, when an alias gives no PORT
 HOST_KEY = "autopool_host"  # record.info: (host index, host generation) of the connection
 
 FAILOVER = "failover"
@@ -67,11 +69,13 @@ DOWN_ERRORS = NOT_READY | LOST | UNREACHABLE
 # error, the same on every host: raised at once.
 CONNECT_ERRORS = DOWN_ERRORS | frozenset({2005, 1040, 1203, 1053, 1927})
 
-_STATUS_SQL = ("SELECT @@global.wsrep_on, "
-               "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
-               "WHERE VARIABLE_NAME = 'WSREP_READY'), "
-               "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
-               "WHERE VARIABLE_NAME = 'WSREP_LOCAL_STATE')")
+_STATUS_SQL = (
+    "SELECT @@global.wsrep_on, "
+    "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
+    "WHERE VARIABLE_NAME = 'WSREP_READY'), "
+    "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
+    "WHERE VARIABLE_NAME = 'WSREP_LOCAL_STATE')"
+)
 _STATUS_SQL_FALLBACK = "SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_ready', 'wsrep_local_state')"
 _UNKNOWN_SYSTEM_VARIABLE = 1193  # MySQL without Galera: no @@wsrep_on
 SYNCED = "4"
@@ -138,8 +142,20 @@ def _close_quietly(conn: Any) -> None:
 class Host:
     """One server of a multi-host alias and what autopool knows about it."""
 
-    __slots__ = ("index", "host", "port", "params", "up", "down_until", "failures", "last_error",
-                 "generation", "check_lock", "checked_at", "down_since")
+    __slots__ = (
+        "index",
+        "host",
+        "port",
+        "params",
+        "up",
+        "down_until",
+        "failures",
+        "last_error",
+        "generation",
+        "check_lock",
+        "checked_at",
+        "down_since",
+    )
 
     def __init__(self, index: int, host: str, port: int, params: dict[str, Any]) -> None:
         self.index, self.host, self.port, self.params = index, host, port, params
@@ -173,9 +189,15 @@ _serials = itertools.count()
 class HostSet:
     """The hosts of one alias: the pool's creator, health state and failover logic."""
 
-    def __init__(self, alias: str, cfg: Any, conn_params: Mapping[str, Any],
-                 connect: Callable[..., Any], clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        alias: str,
+        cfg: Any,
+        conn_params: Mapping[str, Any],
+        connect: Callable[..., Any],
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.name = alias
         self.policy = cfg.host_policy
         self.backoff = float(cfg.host_down_backoff)
@@ -188,7 +210,7 @@ class HostSet:
         self._rr = itertools.count()
         self._pool: weakref.ReferenceType[Any] | None = None
         self._serial = next(_serials)
-        default_port = int(conn_params.get("port") or 3306)
+        default_port = int(conn_params.get("port") or DEFAULT_PORT)
         base = {k: v for k, v in conn_params.items() if k != "unix_socket"}
         self.hosts: list[Host] = []
         for i, (host, port) in enumerate(cfg.hosts):
@@ -239,7 +261,8 @@ class HostSet:
             self._sleep(max(0.01, min(wake - now, deadline - now, 0.05 * 2 ** min(rounds, 4))))
         raise NoHealthyHost(
             f"no healthy host for {self.name!r} within {self.timeout:g} s (host_policy={self.policy}): "
-            + "; ".join(f"{h.label}: {h.last_error or 'not tried'}" for h in self.hosts))
+            + "; ".join(f"{h.label}: {h.last_error or 'not tried'}" for h in self.hosts)
+        )
 
     def _candidates(self) -> list[Host]:
         """Hosts to try now, in order: the healthy ones by policy; if none, those whose back-off ran out."""
@@ -285,8 +308,7 @@ class HostSet:
         """Avoid ``host`` for the back-off and retire its connections (idle now, checked out on return)."""
         now = self._clock()
         with self._lock:
-            if not host.up and (generation is not None and generation != host.generation
-                                or now < host.down_until):
+            if not host.up and (generation is not None and generation != host.generation or now < host.down_until):
                 # Already down, and its back-off is running or this failure is from before it went
                 # down: note the error, but do not lengthen the back-off for concurrent attempts.
                 host.last_error = _describe(error)
@@ -301,12 +323,18 @@ class HostSet:
                 host.generation += 1
                 host.down_since = now
         if was_up:
-            logger.warning("host %s of %r is down (%s); its connections are closed and it is avoided "
-                           "for %.1f s", host.label, self.name, host.last_error, delay)
+            logger.warning(
+                "host %s of %r is down (%s); its connections are closed and it is avoided for %.1f s",
+                host.label,
+                self.name,
+                host.last_error,
+                delay,
+            )
             self._evict(lambda index: index == host.index, invalidate=True)
         else:
-            logger.info("host %s of %r is still down (%s); next probe in %.1f s", host.label, self.name,
-                        host.last_error, delay)
+            logger.info(
+                "host %s of %r is still down (%s); next probe in %.1f s", host.label, self.name, host.last_error, delay
+            )
 
     def mark_up(self, host: Host) -> None:
         """``host`` is healthy again; with ``failover``, move traffic back to it."""
@@ -321,8 +349,13 @@ class HostSet:
             later = [h for h in self.hosts if h.index > host.index] if self.policy == FAILOVER else []
             for h in later:
                 h.generation += 1
-        logger.warning("host %s of %r is healthy again after %.1f s%s", host.label, self.name, down_for,
-                       "; moving its connections back" if later else "")
+        logger.warning(
+            "host %s of %r is healthy again after %.1f s%s",
+            host.label,
+            self.name,
+            down_for,
+            "; moving its connections back" if later else "",
+        )
         if later:
             self._evict(lambda index: index > host.index, invalidate=False)
 
@@ -371,8 +404,12 @@ class HostSet:
             host.checked_at = self._clock()
             healthy, why = self._probe(host)
             if healthy:
-                logger.info("lost a connection to host %s of %r (%s), but the host answers: only that "
-                            "connection is closed", host.label, self.name, _describe(exc))
+                logger.info(
+                    "lost a connection to host %s of %r (%s), but the host answers: only that connection is closed",
+                    host.label,
+                    self.name,
+                    _describe(exc),
+                )
             else:
                 self.mark_down(host, why, generation=gen)
 
@@ -423,12 +460,21 @@ class HostSet:
                     info = rec.info.get(HOST_KEY)
                     if info is not None and rec.dbapi_connection is not None:  # not an invalidated entry
                         counts[info[0]][column] += 1
-        return [{
-            "alias": self.name, "host": h.host, "port": h.port, "up": h.up, "failures": h.failures,
-            "down_for": None if h.down_since is None else now - h.down_since,
-            "next_probe_in": None if h.up else max(h.down_until - now, 0.0),
-            "last_error": h.last_error, "idle": counts[h.index][0], "checked_out": counts[h.index][1],
-        } for h in self.hosts]
+        return [
+            {
+                "alias": self.name,
+                "host": h.host,
+                "port": h.port,
+                "up": h.up,
+                "failures": h.failures,
+                "down_for": None if h.down_since is None else now - h.down_since,
+                "next_probe_in": None if h.up else max(h.down_until - now, 0.0),
+                "last_error": h.last_error,
+                "idle": counts[h.index][0],
+                "checked_out": counts[h.index][1],
+            }
+            for h in self.hosts
+        ]
 
 
 def hostset(entry: Any) -> HostSet | None:

@@ -9,6 +9,7 @@ elastic pools retire idle connections. Stopped by ``uninstall()``; after
 ``fork()`` the child starts a fresh one on demand (``fork.py`` calls
 :func:`reset_after_fork`).
 """
+
 from __future__ import annotations
 
 import logging

@@ -4,6 +4,7 @@ Reads the pools' numbers without taking their lock: a snapshot may be off by
 a connection in flight, never worth slowing a checkout down for. Connection
 parameters come from ``PoolEntry.params``, which never holds the password.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,9 +16,26 @@ from .stats import COUNTERS, WAIT_TIMES
 # The keys every row has, in display order (``None`` where a pool class
 # cannot tell, e.g. a foreign ``django_pool_class`` without counters).
 STATE_FIELDS = (
-    "alias", "pid", "driver", "host", "port", "database", "user", "pool_class",
-    "pool_size", "max_overflow", "core_size", "timeout", "recycle", "max_waiting",
-    "open", "idle", "checked_out", "overflow", "waiting", "closed",
+    "alias",
+    "pid",
+    "driver",
+    "host",
+    "port",
+    "database",
+    "user",
+    "pool_class",
+    "pool_size",
+    "max_overflow",
+    "core_size",
+    "timeout",
+    "recycle",
+    "max_waiting",
+    "open",
+    "idle",
+    "checked_out",
+    "overflow",
+    "waiting",
+    "closed",
 )
 FIELDS = STATE_FIELDS + COUNTERS + WAIT_TIMES
 

@@ -7,6 +7,7 @@ weak reference to the owner, whose ``dead`` or ``is_alive()`` says whether the
 connection was abandoned). The pool's scan (``QueuePool.reclaim_abandoned``)
 asks :func:`take_abandoned` about each checked-out record.
 """
+
 from __future__ import annotations
 
 import threading
@@ -92,6 +93,8 @@ def reclaim_hint(alias: str) -> str:
     except Exception:  # noqa: BLE001 - settings unavailable: fall back to the general advice
         max_age = 0
     if max_age != 0:
-        return (f"DATABASES[{alias!r}] sets CONN_MAX_AGE={max_age!r}: Django keeps each thread's or "
-                "greenlet's connection between requests; set CONN_MAX_AGE to 0 on pooled aliases")
+        return (
+            f"DATABASES[{alias!r}] sets CONN_MAX_AGE={max_age!r}: Django keeps each thread's or "
+            "greenlet's connection between requests; set CONN_MAX_AGE to 0 on pooled aliases"
+        )
     return "call connection.close() / close_old_connections() when work outside a request ends"

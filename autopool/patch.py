@@ -5,6 +5,7 @@ them, with wrapt, whether Django's MySQL backend is imported before or after
 ``install()``. Every patch is recorded with what it replaced so that
 ``uninstall()`` restores the stock class attribute by identity.
 """
+
 from __future__ import annotations
 
 import threading

@@ -17,6 +17,7 @@ other requests. Waiting is ``waiting.py``'s; who owns a checkout is
 :class:`DjangoQueuePool` is the seed library's elastic pool: connections that
 a burst forced open stay pooled and are retired gradually afterwards.
 """
+
 from __future__ import annotations
 
 import logging
@@ -111,8 +112,9 @@ class QueuePool(Pool):
         self._options = _given(locals())
         super().__init__(creator, **kw)
         if getattr(self._dialect, "is_async", False):
-            raise ArgumentError(f"{type(self).__name__} cannot be used with an asyncio dialect "
-                                "(use SQLAlchemy's AsyncAdaptedQueuePool)")
+            raise ArgumentError(
+                f"{type(self).__name__} cannot be used with an asyncio dialect (use SQLAlchemy's AsyncAdaptedQueuePool)"
+            )
         self._pool_size = pool_size
         # As in SQLAlchemy: pool_size=0 means no size limit at all.
         self._max_overflow = -1 if pool_size == 0 else max_overflow
@@ -143,9 +145,14 @@ class QueuePool(Pool):
     def recreate(self) -> QueuePool:
         self.logger.info("Pool recreating")
         return self.__class__(
-            self._creator, **self._options,
-            recycle=self._recycle, echo=self.echo, logging_name=self._orig_logging_name,
-            reset_on_return=self._reset_on_return, pre_ping=self._pre_ping, _dispatch=self.dispatch,
+            self._creator,
+            **self._options,
+            recycle=self._recycle,
+            echo=self.echo,
+            logging_name=self._orig_logging_name,
+            reset_on_return=self._reset_on_return,
+            pre_ping=self._pre_ping,
+            _dispatch=self.dispatch,
             dialect=self._dialect,
         )
 
@@ -178,8 +185,7 @@ class QueuePool(Pool):
             rec.__dict__[_CHECKOUT_INFO] = [self._clock(), traceback.format_stack(limit=30)[:-3], False]
         counters = self.counters
         counters.checkouts += 1
-        if self._recycle > -1 and rec.dbapi_connection is not None and \
-                time.time() - rec.starttime > self._recycle:  # type: ignore[attr-defined]  # SQLAlchemy's record has it
+        if self._recycle > -1 and rec.dbapi_connection is not None and time.time() - rec.starttime > self._recycle:  # type: ignore[attr-defined]  # SQLAlchemy's record has it
             counters.connections_recycled += 1
         return rec
 
@@ -199,7 +205,8 @@ class QueuePool(Pool):
                     error = TooManyWaiters(
                         f"pool {self.name!r} is exhausted and {len(self._waiters)} requests already "
                         f"wait (max_waiting={self._max_waiting}, pool_size={self._pool_size}, "
-                        f"max_overflow={self._max_overflow}, checked out={self.checkedout()})")
+                        f"max_overflow={self._max_overflow}, checked out={self.checkedout()})"
+                    )
                     logger.warning("%s", error)
                     raise error
                 waiter = self._waiter_class()
@@ -238,7 +245,8 @@ class QueuePool(Pool):
             error = PoolTimeout(
                 f"no connection available for {self.name!r} within {timeout:g} s "
                 f"(pool_size={self._pool_size}, max_overflow={self._max_overflow}, "
-                f"checked out={out}, waiting={waiting}, timeout={self._timeout:g})")
+                f"checked out={out}, waiting={waiting}, timeout={self._timeout:g})"
+            )
             logger.warning("%s", error)
             raise error
         self.counters.record_wait(self._clock() - start)
@@ -288,8 +296,11 @@ class QueuePool(Pool):
             if self._out.pop(rec, False) is not None:
                 continue  # returned meanwhile
             self.counters.leaks += 1
-            logger.warning("reclaimed a connection of %r from a greenlet or thread that ended "
-                           "without closing it (%s)", self.name, reclaim_hint(self.name))
+            logger.warning(
+                "reclaimed a connection of %r from a greenlet or thread that ended without closing it (%s)",
+                self.name,
+                reclaim_hint(self.name),
+            )
             try:
                 rec.invalidate()
             finally:
@@ -315,9 +326,13 @@ class QueuePool(Pool):
                 continue
             info[2] = True
             reported += 1
-            logger.warning("a connection of %r has been checked out for %.1f s "
-                           "(leak_detection_threshold=%s); checked out at:\n%s", self.name,
-                           now - info[0], self._leak_threshold, "".join(info[1]).rstrip())
+            logger.warning(
+                "a connection of %r has been checked out for %.1f s (leak_detection_threshold=%s); checked out at:\n%s",
+                self.name,
+                now - info[0],
+                self._leak_threshold,
+                "".join(info[1]).rstrip(),
+            )
         return reported
 
     # -- return ---------------------------------------------------------------
@@ -333,8 +348,11 @@ class QueuePool(Pool):
             # closing). Its state is unknown, so close it; the server rolls
             # back whatever it left open.
             self.counters.leaks += 1
-            logger.warning("a connection of %r was garbage collected without close(); "
-                           "closing it (%s)", self.name, reclaim_hint(self.name))
+            logger.warning(
+                "a connection of %r was garbage collected without close(); closing it (%s)",
+                self.name,
+                reclaim_hint(self.name),
+            )
             record.invalidate()
         # Back (an invalidated entry too: it reconnects at its next checkout):
         # to the oldest waiter, else kept, else closed.
@@ -426,9 +444,11 @@ class QueuePool(Pool):
 
     # -- introspection ---------------------------------------------------------
     def status(self) -> str:
-        return (f"Pool size: {self.size()}  Connections in pool: {self.checkedin()} "
-                f"Current Overflow: {self.overflow()} Current Checked out connections: "
-                f"{self.checkedout()} Waiting: {self.waiting()}")
+        return (
+            f"Pool size: {self.size()}  Connections in pool: {self.checkedin()} "
+            f"Current Overflow: {self.overflow()} Current Checked out connections: "
+            f"{self.checkedout()} Waiting: {self.waiting()}"
+        )
 
     def size(self) -> int:
         return self._pool_size

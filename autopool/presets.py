@@ -3,6 +3,7 @@
 Use one by name (``"POOL": "fast_and_sane"``), with overrides
 (``"POOL": {"preset": "fast_and_sane", "pool_size": 20}``), or import the dict.
 """
+
 from __future__ import annotations
 
 from typing import Any

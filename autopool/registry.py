@@ -6,6 +6,7 @@ the alias's stale pool is closed, so a connection never reaches another
 database. After ``fork()`` the child starts with no pools: ``fork.py`` points
 the inherited connections at /dev/null and calls :func:`forget_after_fork`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,11 +48,23 @@ def on_multi_host_pool(listener: Callable[[], None]) -> None:
 class PoolEntry:
     """One pool and what autopool keeps beside it."""
 
-    __slots__ = ("alias", "key", "config", "pool", "driver", "params", "server_data", "inherited", "counters", "hosts",
-                 "__weakref__")
+    __slots__ = (
+        "alias",
+        "key",
+        "config",
+        "pool",
+        "driver",
+        "params",
+        "server_data",
+        "inherited",
+        "counters",
+        "hosts",
+        "__weakref__",
+    )
 
-    def __init__(self, alias: str, key: str, cfg: config_mod.PoolConfig, pool: Any, driver: Driver,
-                 params: dict[str, Any]) -> None:
+    def __init__(
+        self, alias: str, key: str, cfg: config_mod.PoolConfig, pool: Any, driver: Driver, params: dict[str, Any]
+    ) -> None:
         self.alias = alias
         self.key = key
         self.config = cfg
@@ -70,8 +83,10 @@ class PoolEntry:
 
     def __repr__(self) -> str:
         p = self.params
-        return (f"<PoolEntry alias={self.alias!r} {p.get('user')}@{p.get('host') or p.get('unix_socket')}"
-                f":{p.get('port')}/{p.get('database')} {type(self.pool).__name__}>")
+        return (
+            f"<PoolEntry alias={self.alias!r} {p.get('user')}@{p.get('host') or p.get('unix_socket')}"
+            f":{p.get('port')}/{p.get('database')} {type(self.pool).__name__}>"
+        )
 
 
 def params_key(conn_params: Mapping[str, Any], pool_setting: Any) -> str:
@@ -109,8 +124,14 @@ def get(alias: str, key: str) -> PoolEntry | None:
     return _pools.get((alias, key))
 
 
-def create(alias: str, key: str, pool_setting: Any, database_module: Any,
-           connect: Callable[..., Any], conn_params: Mapping[str, Any]) -> PoolEntry:
+def create(
+    alias: str,
+    key: str,
+    pool_setting: Any,
+    database_module: Any,
+    connect: Callable[..., Any],
+    conn_params: Mapping[str, Any],
+) -> PoolEntry:
     """Create (once) the pool for ``alias`` with these parameters."""
     cfg = config_mod.parse(alias, pool_setting)
     hostset = None
@@ -140,8 +161,14 @@ def create(alias: str, key: str, pool_setting: Any, database_module: Any,
     for old in stale_entries:
         logger.info("connection parameters of %r changed; closing its previous pool", alias)
         _close_entry(old)
-    logger.info("created %s pool for %r, %r (pool_size=%s, max_overflow=%s)",
-                type(pool).__name__, alias, entry, cfg.pool_size, cfg.max_overflow)
+    logger.info(
+        "created %s pool for %r, %r (pool_size=%s, max_overflow=%s)",
+        type(pool).__name__,
+        alias,
+        entry,
+        cfg.pool_size,
+        cfg.max_overflow,
+    )
     housekeeping.register(pool)
     if hostset is not None:
         housekeeping.register(hostset)  # probes down hosts
@@ -159,8 +186,9 @@ def constructor_arguments(cls: type) -> set[str]:
         if init is None:
             continue
         parameters = inspect.signature(init).parameters.values()
-        names.update(p.name for p in parameters
-                     if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self")
+        names.update(
+            p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"
+        )
         if not any(p.kind is p.VAR_KEYWORD for p in parameters):
             break
     return names
@@ -196,8 +224,11 @@ def _count_events(pool: Any, alias: str) -> None:
     def on_invalidate(dbapi_connection: Any, record: Any, exception: Any) -> None:
         counters.connections_invalidated += 1
         # The alias, not ``pool.name``: SQLAlchemy's own pools (NullPool) have no ``name``.
-        logger.info("invalidated a connection of %r (%s)", alias,
-                       type(exception).__name__ if exception is not None else "closed by Django")
+        logger.info(
+            "invalidated a connection of %r (%s)",
+            alias,
+            type(exception).__name__ if exception is not None else "closed by Django",
+        )
 
     event.listen(pool, "connect", on_connect)
     event.listen(pool, "close", on_close)

@@ -31,6 +31,7 @@ for a block.
 Routers listed before this one win: put project routers that send models to
 other databases first.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -175,12 +176,16 @@ class ReplicaMonitor:
         healthy = lag is not None and lag < replica.max_lag
         if healthy != replica.healthy:
             if healthy:
-                logger.warning("replica %r is healthy again (lag %.0f s < max_replica_lag %g): reads of "
-                               "%r may use it", replica.alias, lag, replica.max_lag, replica.primary)
+                logger.warning(
+                    "replica %r is healthy again (lag %.0f s < max_replica_lag %g): reads of %r may use it",
+                    replica.alias,
+                    lag,
+                    replica.max_lag,
+                    replica.primary,
+                )
             else:
                 why = error or f"lag {lag:.0f} s >= max_replica_lag {replica.max_lag:g}"
-                logger.warning("replica %r is not used for reads of %r: %s", replica.alias, replica.primary,
-                               why)
+                logger.warning("replica %r is not used for reads of %r: %s", replica.alias, replica.primary, why)
         elif not healthy and error and replica.error != error:
             logger.info("replica %r still unhealthy: %s", replica.alias, error)
         if not healthy and error is None:
@@ -204,8 +209,17 @@ class ReplicaMonitor:
             _drop_connection(replica)
 
     def status(self) -> list[dict[str, Any]]:
-        return [{"alias": r.alias, "replica_of": r.primary, "healthy": r.healthy, "lag": r.lag,
-                 "max_replica_lag": r.max_lag, "error": r.error} for r in self.replicas]
+        return [
+            {
+                "alias": r.alias,
+                "replica_of": r.primary,
+                "healthy": r.healthy,
+                "lag": r.lag,
+                "max_replica_lag": r.max_lag,
+                "error": r.error,
+            }
+            for r in self.replicas
+        ]
 
 
 _monitor: ReplicaMonitor | None = None
@@ -224,12 +238,17 @@ def _replicas_from_settings(databases: dict[str, dict[str, Any]]) -> list[Replic
         if cfg.replica_of is None:
             continue
         if cfg.replica_of not in databases:
-            raise ImproperlyConfigured(f"DATABASES[{alias!r}]['POOL']['replica_of']: no DATABASES alias "
-                                       f"{cfg.replica_of!r} (aliases: {', '.join(databases)})")
-        if databases[cfg.replica_of].get("POOL") is not None and \
-                config_mod.parse(cfg.replica_of, databases[cfg.replica_of]["POOL"]).replica_of is not None:
-            raise ImproperlyConfigured(f"DATABASES[{alias!r}]['POOL']['replica_of']: {cfg.replica_of!r} "
-                                       "is itself a replica; name the primary")
+            raise ImproperlyConfigured(
+                f"DATABASES[{alias!r}]['POOL']['replica_of']: no DATABASES alias "
+                f"{cfg.replica_of!r} (aliases: {', '.join(databases)})"
+            )
+        if (
+            databases[cfg.replica_of].get("POOL") is not None
+            and config_mod.parse(cfg.replica_of, databases[cfg.replica_of]["POOL"]).replica_of is not None
+        ):
+            raise ImproperlyConfigured(
+                f"DATABASES[{alias!r}]['POOL']['replica_of']: {cfg.replica_of!r} is itself a replica; name the primary"
+            )
         found.append(Replica(alias, cfg.replica_of, float(cfg.max_replica_lag)))
     return found
 
@@ -334,8 +353,7 @@ class ReplicaRouter:
             return True
         return None
 
-    def allow_migrate(self, db: str, app_label: str, model_name: str | None = None,
-                      **hints: Any) -> bool | None:
+    def allow_migrate(self, db: str, app_label: str, model_name: str | None = None, **hints: Any) -> bool | None:
         # Replicas get their schema from the primary by replication.
         if db in self.primary_of:
             return False

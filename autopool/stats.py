@@ -5,6 +5,7 @@ lock of their own: under the GIL (or gevent) a lost increment is possible
 only between threads racing on the same counter, which is acceptable for
 monitoring and costs nothing on the checkout path.
 """
+
 from __future__ import annotations
 
 COUNTERS = (

@@ -41,6 +41,7 @@ cursor is closed. A statement that fails outside those discards its
 connection (never pooled), except an ``IntegrityError``/``DataError``, which
 the server answered cleanly.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -58,11 +59,11 @@ from . import hooks
 
 logger = logging.getLogger("autopool")
 
-TX = "_autopool_tx"              # wrapper.__dict__: its _TxState, present only in transaction mode
-PARKED = "_autopool_parked"      # wrapper.__dict__: connection given back after a statement
+TX = "_autopool_tx"  # wrapper.__dict__: its _TxState, present only in transaction mode
+PARKED = "_autopool_parked"  # wrapper.__dict__: connection given back after a statement
 CONNECTING = "_autopool_connecting"  # wrapper.__dict__: inside connect(): never park
-PINS = "_autopool_pins"          # wrapper.__dict__: depth of pinned() blocks (and constraint checks off)
-FK_PINS = "_autopool_fk_pins"    # wrapper.__dict__: pins taken by disable_constraint_checking()
+PINS = "_autopool_pins"  # wrapper.__dict__: depth of pinned() blocks (and constraint checks off)
+FK_PINS = "_autopool_fk_pins"  # wrapper.__dict__: pins taken by disable_constraint_checking()
 
 SERVER_STATUS_IN_TRANS = 0x0001
 SERVER_MORE_RESULTS_EXIST = 0x0008
@@ -98,6 +99,7 @@ class _TxState:
 
 
 # --- Django DatabaseWrapper hooks (wrapt signature) ---------------------------------------------
+
 
 def connect(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
     d = instance.__dict__
@@ -276,6 +278,7 @@ def _dbapi(cursor: Any) -> Any:
 
 # --- parking --------------------------------------------------------------------------------------
 
+
 def _detach(state: _TxState) -> None:
     """Cut the tracked DB-API cursors off their connection; their buffered rows stay readable."""
     for ref in state.cursors:
@@ -286,8 +289,14 @@ def _detach(state: _TxState) -> None:
 
 
 def _park_if_idle(db: Any, d: dict, state: _TxState, healthy: bool = True) -> None:
-    if (db.in_atomic_block or not db.autocommit or d.get(CONNECTING) or d.get(PINS)
-            or state.stream is not None or db.connection is None):
+    if (
+        db.in_atomic_block
+        or not db.autocommit
+        or d.get(CONNECTING)
+        or d.get(PINS)
+        or state.stream is not None
+        or db.connection is None
+    ):
         return
     status = _server_status(db)
     if status is not None and status & SERVER_STATUS_IN_TRANS:
@@ -387,15 +396,18 @@ def _sets_session_state(sql: Any) -> bool:
 def _guard(db: Any, state: _TxState, sql: Any) -> None:
     if state.guard is None or not _sets_session_state(sql):
         return
-    message = (f"{db.alias!r} is in pool_mode='transaction': the session state this statement sets is "
-               f"lost when the connection goes back to the pool after it; run it inside "
-               f"transaction.atomic() or autopool.pinned() ({str(sql)[:80]!r})")
+    message = (
+        f"{db.alias!r} is in pool_mode='transaction': the session state this statement sets is "
+        f"lost when the connection goes back to the pool after it; run it inside "
+        f"transaction.atomic() or autopool.pinned() ({str(sql)[:80]!r})"
+    )
     if state.guard == "error":
         raise SessionStateError(message)
     logger.warning(message)
 
 
 # --- cursors --------------------------------------------------------------------------------------
+
 
 def _statement(cursor: Any, run: Any, args: tuple, sql: Any, multi_result: bool = False) -> Any:
     db = cursor.db
@@ -408,8 +420,9 @@ def _statement(cursor: Any, run: Any, args: tuple, sql: Any, multi_result: bool 
         state = d.get(TX)
         if state is None:
             return run(*args)
-    will_park = not (db.in_atomic_block or not db.autocommit or d.get(CONNECTING) or d.get(PINS)
-                     or state.stream is not None)
+    will_park = not (
+        db.in_atomic_block or not db.autocommit or d.get(CONNECTING) or d.get(PINS) or state.stream is not None
+    )
     if will_park and state.guard is not None:
         try:
             _guard(db, state, sql)
@@ -481,6 +494,7 @@ class TxCursorDebugWrapper(TxCursorWrapper, django_utils.CursorDebugWrapper):
 
 
 # --- pinning --------------------------------------------------------------------------------------
+
 
 @contextmanager
 def pinned(using: str = DEFAULT_DB_ALIAS) -> Iterator[Any]:

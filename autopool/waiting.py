@@ -14,6 +14,7 @@ a ``gevent.Timeout`` and a chain of link callbacks each time; a waiting
 checkout is the common case of an overloaded pool, so it parks on the hub
 directly: one timer, one callback).
 """
+
 from __future__ import annotations
 
 import threading

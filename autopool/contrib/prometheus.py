@@ -24,6 +24,7 @@ Pools live per process: under gunicorn or uWSGI with several workers, expose
 each worker (see docs/monitoring.rst); prometheus_client's multiprocess mode
 does not run custom collectors.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
@@ -56,10 +57,20 @@ GAUGES: tuple[tuple[str, str, str], ...] = (
     ("wait_time_max", "wait_seconds_max", DESCRIPTIONS["wait_time_max"]),
 )
 COUNTERS: tuple[tuple[str, str, str], ...] = tuple(
-    (key, key, DESCRIPTIONS[key]) for key in (
-        "connections_opened", "connections_closed", "connections_invalidated", "connections_recycled",
-        "connections_retired", "checkouts", "waits", "timeouts", "too_many_waiters",
-        "rollbacks_on_return", "session_resets", "leaks",
+    (key, key, DESCRIPTIONS[key])
+    for key in (
+        "connections_opened",
+        "connections_closed",
+        "connections_invalidated",
+        "connections_recycled",
+        "connections_retired",
+        "checkouts",
+        "waits",
+        "timeouts",
+        "too_many_waiters",
+        "rollbacks_on_return",
+        "session_resets",
+        "leaks",
     )
 ) + (("wait_time_total", "wait_seconds", DESCRIPTIONS["wait_time_total"]),)
 

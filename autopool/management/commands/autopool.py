@@ -13,6 +13,7 @@
   pool that reaches that server, fit. Exit status 1 when
   something does not fit (each problem on a ``WARNING`` or ``ERROR`` line).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,17 +21,12 @@ import os
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
 import autopool
 from autopool import config as config_mod
 from autopool import fleet
 from autopool.introspect import FIELDS
-
-
-def pooled_aliases() -> list[str]:
-    return [alias for alias, db in settings.DATABASES.items() if db.get("POOL") is not None]
 
 
 class Command(BaseCommand):
@@ -43,16 +39,22 @@ class Command(BaseCommand):
         p = sub.add_parser("stats", help="The pools of this process (autopool.stats()).")
         p.add_argument("alias", nargs="?", help="Only this DATABASES alias.")
         p.add_argument("--json", action="store_true", help="Print a JSON list of dicts instead of a table.")
-        p.add_argument("--connect", action="store_true",
-                       help="Check one connection out of each pooled alias (and back) first, so its pool "
-                            "exists in this process.")
+        p.add_argument(
+            "--connect",
+            action="store_true",
+            help="Check one connection out of each pooled alias (and back) first, so its pool exists in this process.",
+        )
         p = sub.add_parser("dispose", help="Close the pools of this process (autopool.dispose()).")
         p.add_argument("alias", nargs="?", help="Only this DATABASES alias.")
-        p = sub.add_parser("check-server",
-                           help="Check that N processes' pools fit in each server's max_connections.")
-        p.add_argument("--processes", type=int, default=1, metavar="N",
-                       help="Processes that each fill their pools: gunicorn/uWSGI workers plus Celery "
-                            "worker processes and anything else running this project (default 1).")
+        p = sub.add_parser("check-server", help="Check that N processes' pools fit in each server's max_connections.")
+        p.add_argument(
+            "--processes",
+            type=int,
+            default=1,
+            metavar="N",
+            help="Processes that each fill their pools: gunicorn/uWSGI workers plus Celery "
+            "worker processes and anything else running this project (default 1).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         action = options["action"]
@@ -63,8 +65,7 @@ class Command(BaseCommand):
             self.stats(alias, as_json=options["json"], connect=options["connect"])
         elif action == "dispose":
             n = autopool.dispose(alias)
-            self.stdout.write(f"Disposed {n} pool(s) of process {os.getpid()}"
-                              + (f" for {alias!r}." if alias else "."))
+            self.stdout.write(f"Disposed {n} pool(s) of process {os.getpid()}" + (f" for {alias!r}." if alias else "."))
         else:
             if options["processes"] < 1:
                 raise CommandError("--processes must be at least 1")
@@ -72,7 +73,7 @@ class Command(BaseCommand):
 
     # -- stats -------------------------------------------------------------------
     def stats(self, alias: str | None, *, as_json: bool, connect: bool) -> None:
-        wanted = [alias] if alias else pooled_aliases()
+        wanted = [alias] if alias else fleet.pooled_aliases(settings.DATABASES)
         if connect:
             self._warm([a for a in wanted if a in settings.DATABASES])
         rows = autopool.stats(alias)
@@ -87,8 +88,10 @@ class Command(BaseCommand):
         live = {row["alias"] for row in rows}
         missing = [a for a in wanted if a not in live and settings.DATABASES.get(a, {}).get("POOL") is not None]
         if missing and not notes:
-            notes.append(f"no pool yet in this process for {', '.join(repr(a) for a in missing)} "
-                         "(pools open on first use; --connect opens one now).")
+            notes.append(
+                f"no pool yet in this process for {', '.join(repr(a) for a in missing)} "
+                "(pools open on first use; --connect opens one now)."
+            )
         if rows:
             self.stdout.write(_table(rows))
         elif not notes:
@@ -113,130 +116,72 @@ class Command(BaseCommand):
 
     # -- check-server ------------------------------------------------------------
     def check_server(self, processes: int) -> None:
-        from django.db import connections
-
-        aliases = pooled_aliases()
+        """Format what ``fleet.py`` measures: each server's pools against its connection limits."""
+        aliases = fleet.pooled_aliases(settings.DATABASES)
         if not aliases:
             self.stdout.write("No DATABASES alias has a POOL setting: nothing to check.")
             return
-        problems = 0
         if not config_mod.enabled():
             self.stdout.write("Note: pooling is disabled (AUTOPOOL_ENABLED); checking the POOL settings anyway.")
-        servers: dict[tuple[Any, ...], dict[str, Any]] = {}
-        for alias in aliases:
-            try:
-                cfg = config_mod.parse(alias, settings.DATABASES[alias]["POOL"])
-            except ImproperlyConfigured as exc:
-                self.stdout.write(f"ERROR {alias}: {exc}")
-                problems += 1
-                continue
-            if cfg.hosts is not None:
-                # A multi-host alias: every host, each counting the alias in full (after a
-                # failover all its connections may be on any one of them).
-                found, failed = fleet.survey(settings.DATABASES, [alias])
-                for _, address, message in failed:
-                    self.stdout.write(f"ERROR {alias} ({address}): {message}")
-                    problems += 1
-                for identity, found_server in found.items():
-                    server = servers.setdefault(identity, {"info": found_server["info"], "aliases": []})
-                    server["aliases"].extend(found_server["members"])
-                continue
-            try:
-                info = _server_info(connections[alias])
-            except Exception as exc:  # noqa: BLE001 - any failure to reach the server is reported
-                self.stdout.write(f"ERROR {alias}: cannot query the server: {type(exc).__name__}: {exc}")
-                problems += 1
-                continue
-            finally:
-                connections[alias].close()
-            server = servers.setdefault(info["identity"], {"info": info, "aliases": []})
-            server["aliases"].append((alias, cfg, info))
+        # Every host of every alias over a connection of its own (a multi-host alias counts in
+        # full on each of its hosts: after a failover all its connections may be on any one).
+        servers, failed = fleet.survey(settings.DATABASES, aliases)
+        for problem in failed:
+            where = f" ({problem.address})" if problem.address else ""
+            self.stdout.write(f"ERROR {problem.alias}{where}: {problem.message}")
+        problems = len(failed)
         for server in servers.values():
-            problems += self._report_server(server["info"], server["aliases"], processes)
+            problems += self._report_server(server, processes)
         if problems:
             raise CommandError(f"check-server found {problems} problem(s); see the WARNING/ERROR lines above")
         self.stdout.write("OK: the pools fit.")
 
-    def _report_server(self, info: dict[str, Any], members: list[tuple[str, Any, dict[str, Any]]],
-                       processes: int) -> int:
+    def _report_server(self, server: dict[str, Any], processes: int) -> int:
         w = self.stdout.write
-        problems = 0
+        info, numbers = server["info"], fleet.fit(server, processes)
         w(f"Server {info['address']} ({info['version']}, hostname {info['hostname']}, port {info['port']})")
-        per_process = 0
-        unbounded = []
-        for alias, cfg, _ in members:
+        for alias, cfg, _ in server["members"]:
             if cfg.max_overflow < 0:
-                unbounded.append(alias)
                 w(f"  {alias:<16} pool_size {cfg.pool_size} + max_overflow unlimited (-1)")
             else:
                 most = cfg.pool_size + cfg.max_overflow
-                per_process += most
                 w(f"  {alias:<16} pool_size {cfg.pool_size} + max_overflow {cfg.max_overflow} = {most} per process")
         max_conn, in_use = info["max_connections"], info["threads_connected"]
-        free = max_conn - in_use
-        needed = processes * per_process
+        per_process, needed, free = numbers["per_process"], numbers["needed"], numbers["free"]
         w(f"  max_connections {max_conn}, Threads_connected {in_use} (not counting this check): {free} free")
         w(f"  needed: {processes} process(es) x {per_process} = {needed}")
-        if unbounded:
+        problems = 0
+        if numbers["unbounded"]:
             problems += 1
-            w(f"WARNING: max_overflow=-1 on {', '.join(repr(a) for a in unbounded)} lets the pool open "
-              f"connections without limit: it cannot be checked against max_connections={max_conn}; "
-              "set a bounded max_overflow.")
-        elif needed > free:
+            w(
+                f"WARNING: max_overflow=-1 on {', '.join(repr(a) for a in numbers['unbounded'])} lets the pool "
+                f"open connections without limit: it cannot be checked against max_connections={max_conn}; "
+                "set a bounded max_overflow."
+            )
+        elif not numbers["fits"]:
             problems += 1
-            w(f"WARNING: {processes} process(es) x {per_process} = {needed} connections do not fit in the "
-              f"{free} free of max_connections={max_conn} ({in_use} in use) on {info['address']}: short by "
-              f"{needed - free}. Lower pool_size/max_overflow, run fewer processes, or raise max_connections.")
+            w(
+                f"WARNING: {processes} process(es) x {per_process} = {needed} connections do not fit in the "
+                f"{free} free of max_connections={max_conn} ({in_use} in use) on {info['address']}: short by "
+                f"{needed - free}. Lower pool_size/max_overflow, run fewer processes, or raise max_connections."
+            )
         else:
             w(f"  headroom: {free - needed} connection(s)")
-        user_limit = info["max_user_connections"]
-        if user_limit > 0:
-            by_user: dict[str, int] = {}
-            for _alias, cfg, member in members:
-                if cfg.max_overflow >= 0:
-                    by_user[member["user"]] = by_user.get(member["user"], 0) + cfg.pool_size + cfg.max_overflow
-            for user, most in sorted(by_user.items()):
-                if processes * most > user_limit:
-                    problems += 1
-                    w(f"WARNING: {processes} process(es) x {most} = {processes * most} connections of {user} "
-                      f"exceed its max_user_connections={user_limit}.")
-        for alias, cfg, member in members:
-            wait_timeout = member["wait_timeout"]
-            if not cfg.any_pre_ping and (cfg.recycle < 0 or cfg.recycle >= wait_timeout):
-                problems += 1
-                recycle = "never (-1)" if cfg.recycle < 0 else f"{cfg.recycle:g} s"
-                w(f"WARNING: {alias}: recycle={recycle} is not below the server's wait_timeout="
-                  f"{wait_timeout} s and pre_ping is off: the server may close idle pooled connections "
-                  "first (MySQL server has gone away). Set recycle below wait_timeout or enable pre_ping.")
+        for user, most, user_needed in numbers["users_over"]:
+            problems += 1
+            w(
+                f"WARNING: {processes} process(es) x {most} = {user_needed} connections of {user} "
+                f"exceed its max_user_connections={info['max_user_connections']}."
+            )
+        for alias, recycle_seconds, wait_timeout in numbers["recycle_too_long"]:
+            problems += 1
+            recycle = "never (-1)" if recycle_seconds < 0 else f"{recycle_seconds:g} s"
+            w(
+                f"WARNING: {alias}: recycle={recycle} is not below the server's wait_timeout="
+                f"{wait_timeout} s and pre_ping is off: the server may close idle pooled connections "
+                "first (MySQL server has gone away). Set recycle below wait_timeout or enable pre_ping."
+            )
         return problems
-
-
-def _server_info(connection: Any) -> dict[str, Any]:
-    """What check-server needs from one alias's server (one connection, three queries)."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT @@max_connections, @@max_user_connections, @@wait_timeout, @@hostname, "
-                       "@@port, @@datadir, VERSION(), CURRENT_USER()")
-        max_conn, max_user, wait_timeout, hostname, port, datadir, version, user = cursor.fetchone()
-        cursor.execute("SHOW GLOBAL STATUS LIKE 'Threads_connected'")
-        threads = int(cursor.fetchone()[1])
-    params = connection.settings_dict
-    address = params.get("HOST") or "localhost"
-    if params.get("PORT"):
-        address += f":{params['PORT']}"
-    return {
-        # The same server however it is reached (127.0.0.1, a socket, a DNS name).
-        "identity": (hostname, int(port), datadir),
-        "address": address,
-        "hostname": hostname,
-        "port": int(port),
-        "version": version,
-        "user": user,
-        "max_connections": int(max_conn),
-        "max_user_connections": int(max_user),
-        "wait_timeout": int(wait_timeout),
-        # This check's own connection is not the application's.
-        "threads_connected": max(threads - 1, 0),
-    }
 
 
 def _fmt(value: Any) -> str:
