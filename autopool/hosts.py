@@ -46,6 +46,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .errors import NoHealthyHost
+from .housekeeping import ROUND_INTERVAL
 
 logger = logging.getLogger("autopool")
 
@@ -79,9 +80,6 @@ _STATUS_SQL = (
 _STATUS_SQL_FALLBACK = "SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_ready', 'wsrep_local_state')"
 _UNKNOWN_SYSTEM_VARIABLE = 1193  # MySQL without Galera: no @@wsrep_on
 SYNCED = "4"
-
-# Seconds between two housekeeping rounds when nothing is due earlier.
-IDLE_INTERVAL = 1.0
 
 
 def error_code(exc: BaseException) -> int | None:
@@ -431,7 +429,7 @@ class HostSet:
         pool = self.pool
         now = self._clock()
         if pool is None or getattr(pool, "closed", False):
-            return IDLE_INTERVAL
+            return ROUND_INTERVAL
         for host in self.hosts:
             if host.up or host.down_until > now:
                 continue
@@ -446,7 +444,7 @@ class HostSet:
                 self.mark_down(host, why)
         now = self._clock()
         due = [h.down_until for h in self.hosts if not h.up]
-        return min(due + [now + IDLE_INTERVAL]) - now  # seconds until the next round
+        return min(due + [now + ROUND_INTERVAL]) - now  # seconds until the next round
 
     # -- introspection ----------------------------------------------------------------
     def status(self) -> list[dict[str, Any]]:

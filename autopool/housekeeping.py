@@ -16,20 +16,31 @@ import logging
 import sys
 import threading
 import weakref
-from typing import Any
+from typing import Any, Protocol
 
 from django.core.exceptions import ImproperlyConfigured
 
 logger = logging.getLogger("autopool")
 
-_pools: weakref.WeakSet[Any] = weakref.WeakSet()
+# Seconds between two rounds when nothing is due earlier: the pools' scan for connections abandoned
+# by ended threads or greenlets, the hosts' probes, the replicas' lag checks. Also the longest sleep,
+# so a changed callable interval takes effect soon.
+ROUND_INTERVAL = 1.0
+
+
+class Housekeeper(Protocol):
+    """What :func:`register` takes: a pool, a multi-host set, the replica monitor."""
+
+    def housekeep(self) -> float:
+        """Do what is due; return the seconds until it wants to run again."""
+
+
+_pools: weakref.WeakSet[Housekeeper] = weakref.WeakSet()
 # pool -> the ImproperlyConfigured message already logged for it
 _misconfigured: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 _thread: threading.Thread | None = None
 _stop: threading.Event | None = None
 _lock = threading.Lock()
-# Upper bound on one sleep, so a changed callable interval takes effect soon.
-MAX_SLEEP = 1.0
 
 
 def register(pool: Any) -> None:
@@ -45,7 +56,7 @@ def unregister(pool: Any) -> None:
 
 def run_once() -> float:
     """Retire what is due in every pool; return seconds until the next round."""
-    wait = MAX_SLEEP
+    wait = ROUND_INTERVAL
     for pool in list(_pools):
         try:
             due = pool.housekeep()
@@ -89,10 +100,6 @@ def stop(timeout: float = 5.0) -> None:
         event.set()
     if thread is not None and thread is not threading.current_thread():
         thread.join(timeout)
-
-
-def is_running() -> bool:
-    return _thread is not None and _thread.is_alive()
 
 
 def reset_after_fork() -> None:

@@ -33,6 +33,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, Pool
 
 from .dynamic import Dynamic, evaluate
 from .errors import PoolClosed, PoolTimeout, TooManyWaiters
+from .housekeeping import ROUND_INTERVAL
 from .leases import LEASED_ATTR, reclaim_hint, take_abandoned
 from .stats import Counters
 from .waiting import Waiter, waiter_class
@@ -42,8 +43,6 @@ logger = logging.getLogger("autopool")
 # Record attribute with [checkout time, stack, reported] (leak detection).
 _CHECKOUT_INFO = "_autopool_checkout_info"
 
-# Seconds between two scans for connections abandoned by ended greenlets.
-HOUSEKEEPING_INTERVAL = 1.0
 # Least seconds between two such scans made because the pool is exhausted: an
 # overloaded pool is exhausted at nearly every checkout, and a scan per
 # checkout (one liveness check per checked-out connection) costs more than the
@@ -314,7 +313,7 @@ class QueuePool(Pool):
         self.reclaim_abandoned()
         if self._leak_threshold is not None:
             self.report_long_checkouts()
-        return HOUSEKEEPING_INTERVAL
+        return ROUND_INTERVAL
 
     def report_long_checkouts(self) -> int:
         """Log, once per checkout, connections held longer than the leak

@@ -47,11 +47,9 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS
 
 from . import fork
+from .housekeeping import ROUND_INTERVAL
 
 logger = logging.getLogger("autopool")
-
-# Seconds between two lag checks of a replica.
-CHECK_INTERVAL = 1.0
 
 _state = Local()  # per thread, greenlet (once patched) or asyncio task: primaries written to
 
@@ -202,7 +200,7 @@ class ReplicaMonitor:
                 if replica.healthy:
                     healthy.setdefault(replica.primary, []).append(replica.alias)
             self.healthy = {k: tuple(v) for k, v in healthy.items()}
-        return CHECK_INTERVAL  # seconds until the next round
+        return ROUND_INTERVAL  # seconds until the next round
 
     def close(self) -> None:
         for replica in self.replicas:
