@@ -3,9 +3,9 @@
 
 From the repository root::
 
-    python bench/asgi.py               # 3 repetitions of 10 s per run (~5 minutes)
-    python bench/asgi.py --quick       # one repetition of 5 s
-    python bench/run.py --asgi         # the same, from the main benchmark script
+    python -m bench.asgi               # 3 repetitions of 10 s per run (~5 minutes)
+    python -m bench.asgi --quick       # one repetition of 5 s
+    python -m bench.run --asgi         # the same, from the main benchmark script
 
 A throw-away MariaDB (``tests/mariadb.py``) with the example database seeded
 (``bench/run.py``'s set-up), then, for each configuration and workload, a fresh
@@ -39,11 +39,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench import run as base
+from tests.mariadb import Server, free_port
 
-from bench import run as base  # noqa: E402
-from tests.mariadb import Server  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 CONNECTIONS = 50
 THREADS = 2
@@ -97,7 +96,7 @@ def start_uvicorn(server: Server, mode: str, log_path: Path) -> tuple[subprocess
     env = base.server_env(server)
     env.update(EXAMPLE_MODE=mode, EXAMPLE_DRIVER="mysqlclient", EXAMPLE_POOL_SIZE=str(POOL_SIZE))
     for _ in range(5):
-        port = base.free_port(avoid=(server.port,))
+        port = free_port()
         cmd = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
                "--log-level", "warning", "example_project.asgi:application"]
         with open(log_path, "ab") as logf:
@@ -254,30 +253,36 @@ def main(argv: list[str] | None = None) -> int:
                              f"commands/req {r.commands_per_request:5.2f}  cpu ms/req uvicorn "
                              f"{r.uvicorn_cpu_ms_per_request:.2f} server {r.server_cpu_ms_per_request:.2f}  "
                              f"errors {r.errors}  {r.note}")
-        import uvicorn
-
-        table = summary(results, configs, workloads)
-        text = "\n".join([
-            "# ASGI benchmark (bench/asgi.py)", "",
-            f"- uvicorn {uvicorn.__version__}, one process; `wrk -c {CONNECTIONS} -t {THREADS} -d {duration}s`; "
-            f"{repeats} repetition(s), configurations interleaved; mysqlclient; {version}.",
-            f"- {base._versions()}",
-            f"- Load average at the start: {load_before}; at the end: {base._loadavg()} (a busy machine "
-            "lowers and scatters req/s; the session and command counts do not depend on it).",
-            "- req/s, p99 and CPU ms/req (user+system time of the uvicorn process and of mariadbd over the "
-            "load, per request): median over repetitions; sessions and commands/req: min-max.", "", table, ""])
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
-        out.with_suffix(".json").write_text(json.dumps([asdict(r) for r in results], indent=1))
-        print(text)
-        base.log(f"bench asgi: wrote {out} in {time.monotonic() - started:.0f} s")
+        write_report(Path(args.output), results, configs, workloads, duration, repeats, version, load_before,
+                     started)
         return 0
     except KeyboardInterrupt:
         print("\nbench asgi: interrupted; stopping what was started ...", file=sys.stderr)
         return 130
     finally:
         base.CLEANUP.run()
+
+
+def write_report(out: Path, results: list[Result], configs: list[str], workloads: list[str], duration: int,
+                 repeats: int, version: str, load_before: str, started: float) -> None:
+    """The Markdown report and its JSON."""
+    import uvicorn
+
+    table = summary(results, configs, workloads)
+    text = "\n".join([
+            "# ASGI benchmark (bench/asgi.py)", "",
+        f"- uvicorn {uvicorn.__version__}, one process; `wrk -c {CONNECTIONS} -t {THREADS} -d {duration}s`; "
+        f"{repeats} repetition(s), configurations interleaved; mysqlclient; {version}.",
+        f"- {base._versions()}",
+        f"- Load average at the start: {load_before}; at the end: {base._loadavg()} (a busy machine "
+        "lowers and scatters req/s; the session and command counts do not depend on it).",
+        "- req/s, p99 and CPU ms/req (user+system time of the uvicorn process and of mariadbd over the "
+        "load, per request): median over repetitions; sessions and commands/req: min-max.", "", table, ""])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    out.with_suffix(".json").write_text(json.dumps([asdict(r) for r in results], indent=1))
+    print(text)
+    base.log(f"bench asgi: wrote {out} in {time.monotonic() - started:.0f} s")
 
 
 if __name__ == "__main__":

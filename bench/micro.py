@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Micro benchmark: what one checkout + return costs next to one query.
 
-    python bench/micro.py [--quick] [--json FILE]
+    python -m bench.micro [--quick] [--json FILE]
 
 For each driver (mysqlclient, PyMySQL; each in its own process, since Django
 loads one ``MySQLdb``) and in the same process, on a warm pool:
@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 DRIVERS = ("mysqlclient", "pymysql")
 GREENLETS = 100
@@ -150,12 +149,10 @@ def measure_gevent(quick: bool) -> dict[str, float]:
     from gevent import monkey
 
     monkey.patch_all()
-    import gevent
 
     import autopool
 
     connect = setup_django(default=GREENLETS, small=10)
-    from django.db import connections
 
     from autopool import gevent as autopool_gevent
 
@@ -184,37 +181,42 @@ def measure_gevent(quick: bool) -> dict[str, float]:
 
     per_greenlet = max(n // GREENLETS, 20)
 
-    def contended(alias: str) -> float:
-        """GREENLETS greenlets: checkout, yield once while holding it, return. CPU µs per checkout."""
-        def worker() -> None:
-            conn = connections[alias]
-            for _ in range(per_greenlet):
-                conn.ensure_connection()
-                gevent.sleep(0)
-                conn.close()
-
-        def run() -> None:
-            greenlets = [gevent.spawn(worker) for _ in range(GREENLETS)]
-            gevent.joinall(greenlets)
-            for g in greenlets:
-                if g.exception is not None:
-                    raise g.exception
-
-        run()  # warm: open the pool
-        best = float("inf")
-        for _ in range(rounds):
-            t0 = time.process_time()
-            run()
-            best = min(best, (time.process_time() - t0) / (per_greenlet * GREENLETS) * 1e6)
-        return best
-
-    out["gevent_checkout_no_wait_cpu_us"] = contended("default")
-    out["gevent_checkout_wait_cpu_us"] = contended("small")
+    out["gevent_checkout_no_wait_cpu_us"] = contended_checkout_cpu_us("default", per_greenlet, rounds)
+    out["gevent_checkout_wait_cpu_us"] = contended_checkout_cpu_us("small", per_greenlet, rounds)
     for stat in autopool.stats():
         stat["alias"] = "large" if stat["alias"] == "default" else stat["alias"]
         out[f"gevent_{stat['alias']}_waits"] = stat["waits"]
         out[f"gevent_{stat['alias']}_checkouts"] = stat["checkouts"]
     return out
+
+
+def contended_checkout_cpu_us(alias: str, per_greenlet: int, rounds: int) -> float:
+    """GREENLETS greenlets: checkout, yield once while holding it, return. CPU µs per checkout
+    (gevent's monkey patching done, Django set up)."""
+    import gevent
+    from django.db import connections
+
+    def worker() -> None:
+        conn = connections[alias]
+        for _ in range(per_greenlet):
+            conn.ensure_connection()
+            gevent.sleep(0)
+            conn.close()
+
+    def run() -> None:
+        greenlets = [gevent.spawn(worker) for _ in range(GREENLETS)]
+        gevent.joinall(greenlets)
+        for g in greenlets:
+            if g.exception is not None:
+                raise g.exception
+
+    run()  # warm: open the pool
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.process_time()
+        run()
+        best = min(best, (time.process_time() - t0) / (per_greenlet * GREENLETS) * 1e6)
+    return best
 
 
 def markdown(drivers: dict[str, dict[str, float]]) -> str:
@@ -290,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         drivers: dict[str, dict[str, float]] = {}
         for driver in DRIVERS + ("gevent",):
-            cmd = [sys.executable, __file__, "--driver", driver] + (["--quick"] if args.quick else [])
+            cmd = [sys.executable, "-m", "bench.micro", "--driver", driver] + (["--quick"] if args.quick else [])
             proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
             if proc.returncode:
                 print(f"micro: {driver} run failed ({proc.returncode})", file=sys.stderr)

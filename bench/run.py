@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """HTTP load benchmark of autopool against Django's stock MySQL connections.
 
-One command, from the repository root::
+One command, from the repository root (``bench`` and ``tests`` are packages of it)::
 
-    python bench/run.py            # full run (about 12 minutes)
-    python bench/run.py --quick    # one short repetition (about 2 minutes)
-    python bench/run.py --demo     # the README's demo: stock vs autopool, under a minute
+    python -m bench.run            # full run (about 12 minutes)
+    python -m bench.run --quick    # one short repetition (about 2 minutes)
+    python -m bench.run --demo     # the README's demo: stock vs autopool, under a minute
 
 It starts a throw-away MariaDB (``tests/mariadb.py``; an external server when
 ``AUTOPOOL_TEST_MYSQL_HOST`` is set), creates the example database, migrates
@@ -25,10 +25,8 @@ import argparse
 import http.client
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,12 +37,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.mariadb import Server, free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "example_project"
 RESULTS = ROOT / "bench" / "results"
-sys.path.insert(0, str(ROOT))
-
-from tests.mariadb import Server  # noqa: E402
 
 DB_NAME = "autopool_example"
 SEED_ROWS = 10_000
@@ -174,22 +171,6 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 def log(msg: str) -> None:
     print(msg, flush=True)
-
-
-def free_port(avoid: tuple[int, ...] = ()) -> int:
-    # Below 32768: Linux's ephemeral range (32768-60999) is taken by outgoing connections under load.
-    for _ in range(1000):
-        port = random.randint(20000, 31999)
-        if port in avoid:
-            continue
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port in 20000-31999")
 
 
 def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -362,7 +343,7 @@ class Gunicorn:
             if options:
                 env["EXAMPLE_POOL_OPTIONS"] = json.dumps(options)
         for _attempt in range(5):
-            self.port = free_port(avoid=(self.server.port,))
+            self.port = free_port()
             cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--no-control-socket",
                    "-k", "gevent", "-w", "1", "--worker-connections", "1000",
                    "-b", f"127.0.0.1:{self.port}", "example_project.wsgi"]
@@ -551,13 +532,7 @@ def one_run(server: Server, monitor: Monitor, cfg: Config, workload: Workload, r
     g = Gunicorn(server, cfg, tmp, extra_pool_options)
     try:
         g.start()
-        # Warm-up: load the code paths of this view with a few sequential requests.
-        warm_path = workload.path or "/item/1"
-        for _ in range(3 if workload.path else 20):
-            status, body = http_get(g.port, warm_path, timeout=30)
-            if status != 200:
-                raise RuntimeError(f"warm-up request {warm_path} answered {status}: {body[:200]!r}; "
-                                   f"gunicorn log:\n{g.log_tail()}")
+        warm_up(g, workload)
         workers = children(g.proc.pid) if g.proc else []
         server_pids = [server.pid] if server.pid else []
         wcpu0, scpu0 = cpu_seconds(workers), cpu_seconds(server_pids)
@@ -586,6 +561,31 @@ def one_run(server: Server, monitor: Monitor, cfg: Config, workload: Workload, r
         return res
     finally:
         g.stop()
+    record_load(res, w, (q1 - q0, a1 - a0, c1 - c0))
+    if res.requests and workers:
+        res.worker_cpu_ms_per_request = 1000 * (wcpu1 - wcpu0) / res.requests
+    if res.requests and server_pids:
+        res.server_cpu_ms_per_request = 1000 * (scpu1 - scpu0) / res.requests
+    if res.errors or res.requests == 0:
+        keep_logs(res, g, w, f"{cfg.key}-{workload.key}-{rep + 1}")
+    if res.requests == 0:
+        res.ok = False
+        res.note += "no request completed; "
+    return res
+
+
+def warm_up(g: Gunicorn, workload: Workload) -> None:
+    """Load the code paths of this view with a few sequential requests."""
+    warm_path = workload.path or "/item/1"
+    for _ in range(3 if workload.path else 20):
+        status, body = http_get(g.port, warm_path, timeout=30)
+        if status != 200:
+            raise RuntimeError(f"warm-up request {warm_path} answered {status}: {body[:200]!r}; "
+                               f"gunicorn log:\n{g.log_tail()}")
+
+
+def record_load(res: RunResult, w: dict[str, Any], server_counts: tuple[int, int, int]) -> None:
+    """wrk's figures and the server's command counts (questions, admin commands, connections) into ``res``."""
     res.requests = w["requests"]
     res.duration_s = w["duration_us"] / 1e6
     res.error_detail = {k: w[k] for k in ("connect", "read", "write", "status", "timeout") if w[k]}
@@ -595,28 +595,21 @@ def one_run(server: Server, monitor: Monitor, cfg: Config, workload: Workload, r
     if res.requests:
         res.p50_ms, res.p90_ms = w["p50_us"] / 1000, w["p90_us"] / 1000
         res.p99_ms, res.max_ms = w["p99_us"] / 1000, w["max_us"] / 1000
-    res.questions, res.admin_commands, res.new_connections = q1 - q0, a1 - a0, c1 - c0
+    res.questions, res.admin_commands, res.new_connections = server_counts
     res.commands = res.questions + res.admin_commands
-    if res.requests and workers:
-        res.worker_cpu_ms_per_request = 1000 * (wcpu1 - wcpu0) / res.requests
-    if res.requests and server_pids:
-        res.server_cpu_ms_per_request = 1000 * (scpu1 - scpu0) / res.requests
     res.commands_per_request = res.commands / res.requests if res.requests else float("nan")
-    if res.errors or res.requests == 0:
-        # Keep what explains the errors: gunicorn's log and wrk's output.
-        keep = RESULTS / "logs"
-        keep.mkdir(parents=True, exist_ok=True)
-        name = f"{cfg.key}-{workload.key}-{rep + 1}"
-        try:
-            shutil.copyfile(g.log_path, keep / f"{name}-gunicorn.log")
-        except OSError:
-            pass
-        (keep / f"{name}-wrk.txt").write_text(w.get("raw", ""))
-        res.note += f"logs in bench/results/logs/{name}-*; "
-    if res.requests == 0:
-        res.ok = False
-        res.note += "no request completed; "
-    return res
+
+
+def keep_logs(res: RunResult, g: Gunicorn, w: dict[str, Any], name: str) -> None:
+    """Keep what explains a run's errors: gunicorn's log and wrk's output."""
+    keep = RESULTS / "logs"
+    keep.mkdir(parents=True, exist_ok=True)
+    try:
+        shutil.copyfile(g.log_path, keep / f"{name}-gunicorn.log")
+    except OSError:
+        pass
+    (keep / f"{name}-wrk.txt").write_text(w.get("raw", ""))
+    res.note += f"logs in bench/results/logs/{name}-*; "
 
 
 # --------------------------------------------------------------------------- report
@@ -743,11 +736,31 @@ def write_report(path: Path, results: list[RunResult], configs: list[str], workl
                  chart: str | None, elapsed: float) -> str:
     agg = aggregate(results, configs, workloads)
     reps = len({r.rep for r in results})
-    lines = [
+    lines = report_header(args, server_version, reps, elapsed)
+    for wk in workloads:
+        lines += workload_table(agg, wk, configs, reps)
+    lines += ["## Targets", "", "| target | measured | verdict |", "|---|---:|---|"]
+    for name, value, verdict in targets(agg, micro):
+        lines.append(f"| {name} | {value} | {verdict} |")
+    lines.append("")
+    if micro:
+        lines += ["## Micro benchmark (`bench/micro.py`)", "", micro.get("markdown", ""), ""]
+    lines += pool_counters_table(results) + every_run_table(results)
+    lines.append(f"![chart]({chart})" if chart else
+                 "Chart skipped: matplotlib is not available (`pip install matplotlib` for bench/results/latest.png).")
+    lines.append("")
+    text = "\n".join(lines)
+    path.write_text(text)
+    return text
+
+
+def report_header(args: argparse.Namespace, server_version: str, reps: int, elapsed: float) -> list[str]:
+    """The report's title and how it was measured."""
+    return [
         "# autopool HTTP benchmark",
         "",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; wall time {elapsed:.0f} s; command: "
-        f"`python bench/run.py {' '.join(sys.argv[1:])}`",
+        f"`python -m bench.run {' '.join(sys.argv[1:])}`",
         f"- Machine: {os.cpu_count()} CPUs; Python {sys.version.split()[0]}; server {server_version}; "
         f"{_versions()}; autopool at git {_git_state()}",
         f"- Load average (1/5/15 min) at the start: {args.load_before}; at the end: {_loadavg()} "
@@ -766,35 +779,38 @@ def write_report(path: Path, results: list[RunResult], configs: list[str], workl
         "disturbs.",
         "",
     ]
-    for wk in workloads:
-        w = WORKLOADS[wk]
-        lines += [f"## {w.label}", "",
-                  "| configuration | driver | req/s | p50 ms | p99 ms | errors | peak conns | commands/req "
-                  "| new conns/req | worker CPU ms/req | server CPU ms/req | req/s vs stock "
-                  "| req/s vs persistent (same driver) | worker CPU vs persistent | p99 vs stock "
-                  "| conns vs stock | commands vs stock |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for ck in configs:
-            a = agg[(ck, wk)]
-            c = CONFIGS[ck]
-            failed = f" ({a['failed']}/{a['runs']} runs failed)" if a["failed"] else ""
-            spread = f" ({fmt(a['rps_min'])}-{fmt(a['rps_max'])})" if reps > 1 and a['rps'] == a['rps'] else ""
-            lines.append(
-                f"| {c.label}{failed} | {c.driver} | {fmt(a['rps'])}{spread} | {fmt(a['p50'], 1)} | "
-                f"{fmt(a['p99'], 1)} | {a['errors']} | {a['peak']} | {fmt(a['cpr'], 2)} | "
-                f"{fmt(a['new_conn_per_req'], 2)} | {fmt(a['wcpu'], 3)} | {fmt(a['scpu'], 3)} | "
-                f"{fmtx(a['rps_vs_stock'])} | {fmtx(a['rps_vs_persistent'])} | {fmtx(a['wcpu_vs_persistent'])} | "
-                f"{fmtx(a['p99_vs_stock'])} | {fmtx(a['peak_vs_stock'])} | {fmtx(a['cpr_vs_stock'])} |")
-        notes = [f"{ck}: {'; '.join(agg[(ck, wk)]['notes'])}" for ck in configs if agg[(ck, wk)]['notes']]
-        if notes:
-            lines += [""] + [f"- note: {n}" for n in notes]
-        lines.append("")
-    lines += ["## Targets", "", "| target | measured | verdict |", "|---|---:|---|"]
-    for name, value, verdict in targets(agg, micro):
-        lines.append(f"| {name} | {value} | {verdict} |")
+
+
+def workload_table(agg: dict[tuple[str, str], dict[str, Any]], wk: str, configs: list[str], reps: int) -> list[str]:
+    """One workload's table: a row per configuration, medians and ratios, then the runs' notes."""
+    w = WORKLOADS[wk]
+    lines = [f"## {w.label}", "",
+              "| configuration | driver | req/s | p50 ms | p99 ms | errors | peak conns | commands/req "
+              "| new conns/req | worker CPU ms/req | server CPU ms/req | req/s vs stock "
+              "| req/s vs persistent (same driver) | worker CPU vs persistent | p99 vs stock "
+              "| conns vs stock | commands vs stock |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for ck in configs:
+        a = agg[(ck, wk)]
+        c = CONFIGS[ck]
+        failed = f" ({a['failed']}/{a['runs']} runs failed)" if a["failed"] else ""
+        spread = f" ({fmt(a['rps_min'])}-{fmt(a['rps_max'])})" if reps > 1 and a['rps'] == a['rps'] else ""
+        lines.append(
+            f"| {c.label}{failed} | {c.driver} | {fmt(a['rps'])}{spread} | {fmt(a['p50'], 1)} | "
+            f"{fmt(a['p99'], 1)} | {a['errors']} | {a['peak']} | {fmt(a['cpr'], 2)} | "
+            f"{fmt(a['new_conn_per_req'], 2)} | {fmt(a['wcpu'], 3)} | {fmt(a['scpu'], 3)} | "
+            f"{fmtx(a['rps_vs_stock'])} | {fmtx(a['rps_vs_persistent'])} | {fmtx(a['wcpu_vs_persistent'])} | "
+            f"{fmtx(a['p99_vs_stock'])} | {fmtx(a['peak_vs_stock'])} | {fmtx(a['cpr_vs_stock'])} |")
+    notes = [f"{ck}: {'; '.join(agg[(ck, wk)]['notes'])}" for ck in configs if agg[(ck, wk)]['notes']]
+    if notes:
+        lines += [""] + [f"- note: {n}" for n in notes]
     lines.append("")
-    if micro:
-        lines += ["## Micro benchmark (`bench/micro.py`)", "", micro.get("markdown", ""), ""]
+    return lines
+
+
+def pool_counters_table(results: list[RunResult]) -> list[str]:
+    """autopool's counters after each run (the worker's ``autopool.stats()``)."""
+    lines: list[str] = []
     pool_rows = [r for r in results if r.pool_stats]
     if pool_rows:
         lines += ["## autopool counters after each run (worker's `autopool.stats()`)", "",
@@ -810,6 +826,12 @@ def write_report(path: Path, results: list[RunResult], configs: list[str], workl
                     f"{p.get('waits')} | {mean_wait:.1f} | {1000 * p.get('wait_time_max', 0):.1f} | "
                     f"{p.get('timeouts')} | {p.get('rollbacks_on_return')} | {p.get('leaks')} |")
         lines.append("")
+    return lines
+
+
+def every_run_table(results: list[RunResult]) -> list[str]:
+    """One row per run, in the order they ran."""
+    lines: list[str] = []
     lines += ["## Every run", "", "| rep | workload | configuration | req/s | p50 ms | p99 ms | max ms | errors "
               "| peak conns | questions | pings | new conns | requests | worker CPU ms/req | note |",
               "|---:|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|"]
@@ -820,12 +842,7 @@ def write_report(path: Path, results: list[RunResult], configs: list[str], workl
                      f"{r.admin_commands} | {r.new_connections} | {r.requests} | "
                      f"{fmt(r.worker_cpu_ms_per_request, 3)} | {r.note.strip()} |")
     lines.append("")
-    lines.append(f"![chart]({chart})" if chart else
-                 "Chart skipped: matplotlib is not available (`pip install matplotlib` for bench/results/latest.png).")
-    lines.append("")
-    text = "\n".join(lines)
-    path.write_text(text)
-    return text
+    return lines
 
 
 def _git_state() -> str:
@@ -920,7 +937,7 @@ def make_chart(path: Path, results: list[RunResult], configs: list[str], workloa
 def run_micro(server: Server, quick: bool) -> dict[str, Any] | None:
     env = server_env(server)
     out = RESULTS / "micro.json"
-    cmd = [sys.executable, str(ROOT / "bench" / "micro.py"), "--json", str(out)]
+    cmd = [sys.executable, "-m", "bench.micro", "--json", str(out)]
     if quick:
         cmd.append("--quick")
     proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -1015,7 +1032,8 @@ def demo_report(results: list[RunResult], configs: list[str]) -> str:
     return "\n".join(out)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], list[str]]:
+    """The options, with the defaults of the chosen mode filled in, and the configurations and workloads to run."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one repetition of 5 s per run")
     parser.add_argument("--demo", action="store_true",
@@ -1036,11 +1054,7 @@ def main(argv: list[str] | None = None) -> int:
                                                             "--quick/--duration/--repeats apply)")
     args = parser.parse_args(argv)
     if args.asgi:
-        from bench import asgi
-
-        return asgi.main(["--quick"] * args.quick + ["--duration", str(args.duration)] * bool(args.duration)
-                         + ["--repeats", str(args.repeats)] * bool(args.repeats))
-
+        return args, [], []  # bench/asgi.py applies its own defaults
     if args.demo:
         configs = ["stock", "persistent", "autopool"]
         workloads = ["item"]
@@ -1064,6 +1078,61 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown workload {w!r}; choose from {', '.join(WORKLOADS)}")
     if args.pool_options:
         json.loads(args.pool_options)
+    return args, configs, workloads
+
+
+def run_matrix(server: Server, monitor: Monitor, args: argparse.Namespace, configs: list[str],
+               workloads: list[str], tmp: Path, progress: bool) -> list[RunResult]:
+    """Every configuration on every workload, each repetition in a rotated order (interleaved runs)."""
+    results: list[RunResult] = []
+    total = len(configs) * len(workloads) * args.repeats
+    log(f"bench: {total} runs of {args.duration} s: configurations {', '.join(configs)}; "
+        f"workloads {', '.join(workloads)}; {args.repeats} repetition(s)")
+    n = 0
+    for rep in range(args.repeats):
+        for wk in workloads:
+            order = configs[rep % len(configs):] + configs[:rep % len(configs)]
+            for ck in order:
+                n += 1
+                cfg, workload = CONFIGS[ck], WORKLOADS[wk]
+                if not progress:
+                    log(f"bench: [{n}/{total}] rep {rep + 1} {wk} {ck} ...")
+                r = one_run(server, monitor, cfg, workload, rep, args.duration, tmp, progress,
+                            args.pool_options)
+                results.append(r)
+                log(f"    {ck:<20} {wk:<11} {fmt(r.rps):>7} req/s  p50 {fmt(r.p50_ms, 1):>7} ms  "
+                    f"p99 {fmt(r.p99_ms, 1):>7} ms  errors {r.errors:>5}  peak conns {r.peak_connections:>4}  "
+                    f"commands/req {fmt(r.commands_per_request, 2):>5}  "
+                    f"cpu ms/req {fmt(r.worker_cpu_ms_per_request, 3)}  {r.note}")
+    return results
+
+
+def write_outputs(results: list[RunResult], args: argparse.Namespace, configs: list[str], workloads: list[str],
+                  server_version: str, regime: list[dict[str, Any]] | None, micro: dict[str, Any] | None,
+                  started: float) -> None:
+    """The Markdown report (with the quickstart regime's table), its JSON and its chart."""
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    chart = make_chart(out.with_suffix(".png"), results, configs, workloads)
+    (out.with_suffix(".json")).write_text(json.dumps(
+        {"args": vars(args), "results": [r.__dict__ for r in results], "micro": micro,
+         "quickstart_regime": regime}, indent=1, default=str))
+    text = write_report(out, results, configs, workloads, args, server_version, micro, chart,
+                        time.monotonic() - started)
+    if regime is not None:
+        text += quickstart_report(regime, args.duration)
+        out.write_text(text)
+    print(text)
+    log(f"bench: wrote {out} in {time.monotonic() - started:.0f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, configs, workloads = parse_args(argv)
+    if args.asgi:
+        from bench import asgi
+
+        return asgi.main(["--quick"] * args.quick + ["--duration", str(args.duration)] * bool(args.duration)
+                         + ["--repeats", str(args.repeats)] * bool(args.repeats))
     if shutil.which("wrk") is None:
         print("bench: wrk not found: run `bash scripts/bootstrap.sh` or `apt-get install wrk`", file=sys.stderr)
         return 2
@@ -1077,7 +1146,6 @@ def main(argv: list[str] | None = None) -> int:
     progress = args.demo or sys.stderr.isatty()
     tmp = Path(tempfile.mkdtemp(prefix="autopool-bench-"))
     CLEANUP.push("temporary files", lambda: shutil.rmtree(tmp, ignore_errors=True))
-    results: list[RunResult] = []
     try:
         log("bench: starting MariaDB ..." if not os.environ.get("AUTOPOOL_TEST_MYSQL_HOST")
             else f"bench: using the server at {os.environ['AUTOPOOL_TEST_MYSQL_HOST']}")
@@ -1096,25 +1164,7 @@ def main(argv: list[str] | None = None) -> int:
             out.with_suffix(".json").write_text(json.dumps(rows, indent=1, default=str))
             print(out.read_text())
             return 0
-        total = len(configs) * len(workloads) * args.repeats
-        log(f"bench: {total} runs of {args.duration} s: configurations {', '.join(configs)}; "
-            f"workloads {', '.join(workloads)}; {args.repeats} repetition(s)")
-        n = 0
-        for rep in range(args.repeats):
-            for wk in workloads:
-                order = configs[rep % len(configs):] + configs[:rep % len(configs)]
-                for ck in order:
-                    n += 1
-                    cfg, workload = CONFIGS[ck], WORKLOADS[wk]
-                    if not progress:
-                        log(f"bench: [{n}/{total}] rep {rep + 1} {wk} {ck} ...")
-                    r = one_run(server, monitor, cfg, workload, rep, args.duration, tmp, progress,
-                                args.pool_options)
-                    results.append(r)
-                    log(f"    {ck:<20} {wk:<11} {fmt(r.rps):>7} req/s  p50 {fmt(r.p50_ms, 1):>7} ms  "
-                        f"p99 {fmt(r.p99_ms, 1):>7} ms  errors {r.errors:>5}  peak conns {r.peak_connections:>4}  "
-                        f"commands/req {fmt(r.commands_per_request, 2):>5}  "
-                        f"cpu ms/req {fmt(r.worker_cpu_ms_per_request, 3)}  {r.note}")
+        results = run_matrix(server, monitor, args, configs, workloads, tmp, progress)
         if args.demo:
             print("\nResult (one gunicorn gevent worker, wrk -c 100, /item/<random id>):\n")
             print(demo_report(results, configs))
@@ -1122,19 +1172,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         regime = None if args.no_regime else run_quickstart_regime(server, monitor, args.duration, tmp, progress)
         micro = None if args.no_micro else run_micro(server, args.quick)
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        chart = make_chart(out.with_suffix(".png"), results, configs, workloads)
-        (out.with_suffix(".json")).write_text(json.dumps(
-            {"args": vars(args), "results": [r.__dict__ for r in results], "micro": micro,
-             "quickstart_regime": regime}, indent=1, default=str))
-        text = write_report(out, results, configs, workloads, args, server_version, micro, chart,
-                            time.monotonic() - started)
-        if regime is not None:
-            text += quickstart_report(regime, args.duration)
-            out.write_text(text)
-        print(text)
-        log(f"bench: wrote {out} in {time.monotonic() - started:.0f} s")
+        write_outputs(results, args, configs, workloads, server_version, regime, micro, started)
         return 0
     except KeyboardInterrupt:
         print("\nbench: interrupted; stopping what was started ...", file=sys.stderr)

@@ -3,9 +3,9 @@
 
 From the repository root::
 
-    python bench/txmode.py                    # both drivers, 3 repetitions of 10 s (about 15 minutes)
-    python bench/txmode.py --quick            # one repetition of 5 s
-    python bench/txmode.py --drivers mysqlclient --duration 8
+    python -m bench.txmode                    # both drivers, 3 repetitions of 10 s (about 15 minutes)
+    python -m bench.txmode --quick            # one repetition of 5 s
+    python -m bench.txmode --drivers mysqlclient --duration 8
 
 Same machinery as ``bench/run.py`` (imported from it): a throw-away MariaDB,
 ``example_project`` under ``gunicorn -k gevent -w 1``, ``wrk -c 100``, the
@@ -26,7 +26,6 @@ request, 0 errors; item transaction >= 0.9x request mode. Report:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shutil
 import signal
@@ -37,12 +36,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location("autopool_bench_run", HERE / "run.py")
-assert _spec is not None and _spec.loader is not None
-run = importlib.util.module_from_spec(_spec)
-sys.modules["autopool_bench_run"] = run
-_spec.loader.exec_module(run)
+from bench import run
 
 TX = {"pool_mode": "transaction"}
 CONFIGS = {c.key: c for c in (
@@ -159,25 +153,37 @@ def main(argv: list[str] | None = None) -> int:
         monitor = run.Monitor(server)
         run.CLEANUP.push("monitor connection", monitor.close)
         for rep in range(repeats):
-            for driver in drivers:
-                for wk in workloads:
-                    order = configs_for(wk, driver)
-                    order = order[rep % len(order):] + order[:rep % len(order)]  # interleaved
-                    for ck in order:
-                        r = run.one_run(server, monitor, CONFIGS[ck], WORKLOADS[wk], rep, duration, tmp,
-                                        progress, None)
-                        results.append(r)
-                        run.log(f"    {ck:<22} {wk:<5} {run.fmt(r.rps):>7} req/s  p50 {run.fmt(r.p50_ms, 1):>7} ms  "
-                                f"errors {r.errors:>5}  peak conns {r.peak_connections:>4}  commands/req "
-                                f"{run.fmt(r.commands_per_request, 2):>5}  cpu ms/req "
-                                f"{run.fmt(r.worker_cpu_ms_per_request, 3)}  {r.note}")
+            results += run_repetition(server, monitor, rep, drivers, workloads, duration, tmp, progress)
     except KeyboardInterrupt:
         print("bench: interrupted", file=sys.stderr)
         return 130
     finally:
         run.CLEANUP.run()
+    write_report(Path(args.output), results, drivers, duration, repeats, started)
+    return 0
+
+
+def run_repetition(server: Any, monitor: Any, rep: int, drivers: list[str], workloads: list[str], duration: int,
+                   tmp: Path, progress: bool) -> list[Any]:
+    """One repetition: every driver, workload and configuration, the configurations in a rotated order."""
+    results = []
+    for driver in drivers:
+        for wk in workloads:
+            order = configs_for(wk, driver)
+            order = order[rep % len(order):] + order[:rep % len(order)]  # interleaved
+            for ck in order:
+                r = run.one_run(server, monitor, CONFIGS[ck], WORKLOADS[wk], rep, duration, tmp, progress, None)
+                results.append(r)
+                run.log(f"    {ck:<22} {wk:<5} {run.fmt(r.rps):>7} req/s  p50 {run.fmt(r.p50_ms, 1):>7} ms  "
+                        f"errors {r.errors:>5}  peak conns {r.peak_connections:>4}  commands/req "
+                        f"{run.fmt(r.commands_per_request, 2):>5}  cpu ms/req "
+                        f"{run.fmt(r.worker_cpu_ms_per_request, 3)}  {r.note}")
+    return results
+
+
+def write_report(out: Path, results: list[Any], drivers: list[str], duration: int, repeats: int,
+                 started: float) -> None:
     summary = summarise(results, drivers)
-    out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     header = [
         "# pool_mode='transaction' under load (bench/txmode.py)", "",
@@ -191,7 +197,6 @@ def main(argv: list[str] | None = None) -> int:
     out.with_suffix(".json").write_text(json.dumps([asdict(r) for r in results], indent=1, default=str))
     print("\n".join(summary))
     run.log(f"bench: report in {out}")
-    return 0
 
 
 if __name__ == "__main__":

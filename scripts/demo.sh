@@ -5,7 +5,7 @@
 #
 # 1. scripts/bootstrap.sh installs MariaDB, the MySQL client headers, wrk and a .venv with
 #    Django, SQLAlchemy, mysqlclient, PyMySQL, gevent and gunicorn (skipped when already done);
-# 2. bench/run.py --demo starts a throw-away MariaDB, serves example_project with gunicorn's
+# 2. python -m bench.run --demo starts a throw-away MariaDB, serves example_project with gunicorn's
 #    gevent worker, puts stock Django (a new connection per request) and autopool side by side
 #    under a short wrk load, prints requests/s, p99 latency, peak server connections and server
 #    commands per request, and stops everything it started, also on Ctrl-C or an error.
@@ -26,6 +26,6 @@ fi
 unset AUTOPOOL_TEST_MYSQL_HOST AUTOPOOL_TEST_MYSQL_PORT AUTOPOOL_TEST_MYSQL_USER AUTOPOOL_TEST_MYSQL_PASSWORD
 demo_start=$(date +%s)
 status=0
-.venv/bin/python bench/run.py --demo "$@" || status=$?
+.venv/bin/python -m bench.run --demo "$@" || status=$?
 echo "demo: finished in $(( $(date +%s) - demo_start )) s (total $(( $(date +%s) - start )) s)"
 exit $status
