@@ -475,10 +475,6 @@ class HostSet:
         ]
 
 
-def hostset(entry: Any) -> HostSet | None:
-    return getattr(entry, "hosts", None)
-
-
 def status(alias: str | None = None) -> list[dict[str, Any]]:
     """Per-host state of every multi-host pool of this process (of ``alias`` only if given)."""
     rows: list[dict[str, Any]] = []

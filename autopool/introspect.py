@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 from . import registry
-from .stats import COUNTERS, WAIT_TIMES
+from .counters import COUNTERS, WAIT_TIMES
 
 # The keys every row has, in display order (``None`` where a pool class
 # cannot tell, e.g. a foreign ``django_pool_class`` without counters).

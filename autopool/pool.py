@@ -31,11 +31,11 @@ from typing import Any, cast
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import ConnectionPoolEntry, Pool
 
+from .counters import Counters
 from .dynamic import Dynamic, evaluate
 from .errors import PoolClosed, PoolTimeout, TooManyWaiters
 from .housekeeping import ROUND_INTERVAL
 from .leases import LEASED_ATTR, reclaim_hint, take_abandoned
-from .stats import Counters
 from .waiting import Waiter, waiter_class
 
 logger = logging.getLogger("autopool")

@@ -21,10 +21,10 @@ from sqlalchemy import event
 from . import config as config_mod
 from . import fork, housekeeping
 from . import gevent as gevent_support
+from .counters import Counters
 from .drivers import Driver, for_module
 from .hosts import HostSet
 from .pool import QueuePool
-from .stats import Counters
 
 logger = logging.getLogger("autopool")
 

@@ -40,7 +40,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
         "pip install prometheus_client (or pip install 'django-mysql-autopool[prometheus]')"
     ) from exc
 
-from ..stats import DESCRIPTIONS
+from ..counters import DESCRIPTIONS
 
 PREFIX = "autopool"
 

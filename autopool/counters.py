@@ -1,4 +1,4 @@
-"""Per-pool counters.
+"""Per-pool counters (``Counters``), and the names and descriptions that ``autopool.stats()`` and the exporter show.
 
 Plain integer attributes bumped where the event already happens, with no
 lock of their own: under the GIL (or gevent) a lost increment is possible
