@@ -172,6 +172,49 @@ class Driver:
     def is_open(self, conn: Any) -> bool:
         return bool(getattr(conn, "open", True))
 
+    def fileno(self, conn: Any) -> int | None:
+        """The connection's socket descriptor, or None if it cannot be had."""
+        try:
+            return conn.fileno()
+        except Exception:  # noqa: BLE001 - no descriptor: nothing to poll
+            return None
+
+    def pending_input(self, conn: Any) -> bool:
+        """True when bytes wait on an idle connection's socket (a non-blocking poll, < 1 us).
+
+        On a connection handed back to the pool that is a reply nobody read
+        (the next user would read it as its own) or the server's goodbye (the
+        session was killed or timed out): either way it must not be pooled.
+        Only the socket is seen, not bytes the client already buffered.
+        """
+        fd = self.fileno(conn)
+        if fd is None:
+            return False
+        cached = conn.__dict__.get(POLLER_ATTR)
+        if cached is None or cached[0] != fd:  # a reconnect in place changes the descriptor
+            poller = _original_poll()()
+            poller.register(fd, _POLLIN)  # errors and hang-ups are reported too
+            cached = conn.__dict__[POLLER_ATTR] = (fd, poller)
+        return bool(cached[1].poll(0))
+
+
+POLLER_ATTR = "_autopool_poller"  # (descriptor, poll object) for Driver.pending_input
+_POLLIN = 1  # select.POLLIN
+
+
+def _original_poll() -> Any:
+    # gevent's monkey patching replaces select.poll with one that waits on the hub: the
+    # thread's own poll(0) answers at once and never switches greenlets.
+    import select
+
+    try:
+        from gevent import monkey
+    except ImportError:
+        return select.poll
+    if monkey.is_module_patched("select"):
+        return monkey.get_original("select", "poll")
+    return select.poll
+
 
 class PyMySQLDriver(Driver):
     name = "pymysql"
@@ -233,6 +276,10 @@ class PyMySQLDriver(Driver):
 
     def character_set(self, conn: Any, conn_params: Mapping[str, Any]) -> Tuple[Optional[str], Optional[str]]:
         return getattr(conn, "charset", None), getattr(conn, "collation", None)
+
+    def fileno(self, conn: Any) -> int | None:
+        sock = getattr(conn, "_sock", None)
+        return None if sock is None else sock.fileno()
 
 
 SCHEMA_ATTR = "_autopool_schema"  # PyMySQL: the current database, from session tracking

@@ -296,6 +296,15 @@ def release(instance: Any, fairy: Any) -> None:
             driver.forget_unread(conn)
             discard(fairy)
             return
+        if driver.pending_input(conn):
+            # A reply nobody read (a command sent past the driver, or one connection used
+            # by two greenlets at once) would be the next user's result; or the server
+            # closed the session. Checked before the rollback below reads from it; a
+            # streamed result is the case above.
+            logger.info("%r returned with bytes waiting on its socket (an unread reply, or the server "
+                        "ended the session); closing the connection", entry.alias)
+            discard(fairy)
+            return
         if cfg.sa_reset_on_return is None and (not instance.autocommit or driver.may_be_in_transaction(conn)):
             if not cfg.django_reset_on_return:
                 logger.warning("%r returned inside a transaction with no reset configured "

@@ -122,6 +122,35 @@ def test_a_pymysql_connection_used_by_two_threads_fails_both(mariadb):
     assert mariadb.status("Com_select") - selects == 1
 
 
+def test_a_connection_returned_with_an_unread_reply_is_not_pooled(server):
+    """Whatever left a reply unread (a command sent past the driver here), the pool sees the
+    bytes on the socket at return and closes the connection: the next user reads its own result."""
+    import select
+
+    from django.db import connection
+
+    from autopool import registry
+    from tests.conftest import connection_id
+
+    first_id = connection_id()
+    raw = connection.connection
+    if djsettings.DRIVER == "pymysql":
+        raw._execute_command(3, b"SELECT 2")  # COM_QUERY, reply left unread
+        fd = raw._sock.fileno()
+    else:
+        raw.send_query(b"SELECT 2")
+        fd = raw.fileno()
+    assert select.select([fd], [], [], 10)[0] == [fd], "the reply never arrived"
+    connection.close()
+    assert not next(registry.entries("default")).driver.is_open(raw)  # closed, not pooled
+    with connection.cursor() as cur:
+        cur.execute("SELECT 3")
+        assert cur.fetchone()[0] == 3
+        cur.execute("SELECT CONNECTION_ID()")
+        assert cur.fetchone()[0] != first_id  # a new connection: the old one was closed, not pooled
+    connection.close()
+
+
 def test_results_and_errors_are_unchanged_by_the_cooperative_wait(scenario):
     """The same statements through autopool (mysqlclient: its cooperative wait) and through stock
     Django (no POOL: autopool leaves the alias alone) give the same results and errors."""
