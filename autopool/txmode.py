@@ -101,7 +101,7 @@ class _TxState:
 # --- Django DatabaseWrapper hooks (wrapt signature) ---------------------------------------------
 
 
-def connect(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+def connect(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     d = instance.__dict__
     if d.get(PARKED) and instance.connection is None and TX in d:
         return _reattach(instance, d)
@@ -114,7 +114,7 @@ def connect(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
     return result
 
 
-def _set_mode(instance: Any, d: dict) -> None:
+def _set_mode(instance: Any, d: dict[str, Any]) -> None:
     """Decide from the pool just checked out whether this wrapper is in transaction mode."""
     d.pop(PARKED, None)
     fairy = d.get(LEASE)
@@ -129,7 +129,7 @@ def _set_mode(instance: Any, d: dict) -> None:
         d.pop(TX, None)
 
 
-def _reattach(instance: Any, d: dict) -> None:
+def _reattach(instance: Any, d: dict[str, Any]) -> None:
     """Check a pooled connection out for a parked wrapper, without Django's per-request resets."""
     d[CONNECTING] = True
     try:
@@ -156,14 +156,14 @@ def _reattach(instance: Any, d: dict) -> None:
     _set_mode(instance, d)
 
 
-def get_autocommit(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+def get_autocommit(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     # A parked wrapper is in autocommit by construction: answering needs no connection.
     if instance.__dict__.get(PARKED) and instance.connection is None:
         return instance.autocommit
     return wrapped(*args, **kwargs)
 
 
-def set_autocommit(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+def set_autocommit(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     result = wrapped(*args, **kwargs)
     d = instance.__dict__
     state = d.get(TX)
@@ -173,7 +173,7 @@ def set_autocommit(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> An
     return result
 
 
-def close(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+def close(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     d = instance.__dict__
     d.pop(PARKED, None)
     state = d.get(TX)
@@ -185,7 +185,7 @@ def close(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
     return wrapped(*args, **kwargs)
 
 
-def create_cursor(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+def create_cursor(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     # A statement run between _cursor()'s ensure_connection() and here (e.g.
     # by a patched ensure_connection) may have given the connection back.
     if instance.connection is None and instance.__dict__.get(PARKED):
@@ -194,7 +194,7 @@ def create_cursor(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any
     return wrapped(*args, **kwargs)
 
 
-def disable_constraint_checking(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+def disable_constraint_checking(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     # ``SET foreign_key_checks=0`` is session state: hold the connection until
     # enable_constraint_checking(), so the statements in between (the schema
     # editor's, loaddata's) see it and no other request gets it.
@@ -212,7 +212,7 @@ def disable_constraint_checking(wrapped: Any, instance: Any, args: tuple, kwargs
     return disabled
 
 
-def enable_constraint_checking(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+def enable_constraint_checking(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     d = instance.__dict__
     healthy = False  # checks may still be off if turning them on failed: never pooled
     try:
@@ -229,7 +229,7 @@ def enable_constraint_checking(wrapped: Any, instance: Any, args: tuple, kwargs:
             _unpin(instance, d, healthy)
 
 
-def _unpin(db: Any, d: dict, healthy: bool = True) -> None:
+def _unpin(db: Any, d: dict[str, Any], healthy: bool = True) -> None:
     depth = d.get(PINS, 1) - 1
     if depth > 0:
         d[PINS] = depth
@@ -240,21 +240,21 @@ def _unpin(db: Any, d: dict, healthy: bool = True) -> None:
         _park_if_idle(db, d, state, healthy)
 
 
-def make_cursor(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+def make_cursor(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     state = instance.__dict__.get(TX)
     if state is None:
         return wrapped(*args, **kwargs)
     return _tx_cursor(TxCursorWrapper, instance, state, args, kwargs)
 
 
-def make_debug_cursor(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+def make_debug_cursor(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     state = instance.__dict__.get(TX)
     if state is None:
         return wrapped(*args, **kwargs)
     return _tx_cursor(TxCursorDebugWrapper, instance, state, args, kwargs)
 
 
-def _tx_cursor(cls: type, db: Any, state: _TxState, args: tuple, kwargs: dict) -> Any:
+def _tx_cursor(cls: type, db: Any, state: _TxState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     cursor = args[0] if args else kwargs["cursor"]
     _track(state, cursor)
     wrapper = cls(cursor, db)
@@ -288,7 +288,7 @@ def _detach(state: _TxState) -> None:
     state.cursors.clear()
 
 
-def _park_if_idle(db: Any, d: dict, state: _TxState, healthy: bool = True) -> None:
+def _park_if_idle(db: Any, d: dict[str, Any], state: _TxState, healthy: bool = True) -> None:
     if (
         db.in_atomic_block
         or not db.autocommit
@@ -304,7 +304,7 @@ def _park_if_idle(db: Any, d: dict, state: _TxState, healthy: bool = True) -> No
     _park(db, d, state, healthy=healthy)
 
 
-def _park(db: Any, d: dict, state: _TxState, healthy: bool) -> None:
+def _park(db: Any, d: dict[str, Any], state: _TxState, healthy: bool) -> None:
     """Give the connection back (or discard it) and leave the wrapper parked."""
     fairy = d.get(LEASE)
     conn = db.connection
@@ -364,12 +364,13 @@ def _server_status(db: Any) -> int | None:
     if fairy is None:
         return None
     try:
-        return fairy._pool.autopool_entry.driver.server_status(db.connection)
+        status: int | None = fairy._pool.autopool_entry.driver.server_status(db.connection)
     except Exception:  # noqa: BLE001 - unknown status: treated as "cannot tell"
         return None
+    return status
 
 
-_STREAMING: dict = {}  # DB-API cursor class -> whether it streams results (unbuffered)
+_STREAMING: dict[type, bool] = {}  # DB-API cursor class -> whether it streams results (unbuffered)
 
 
 def _is_streaming_class(cls: type) -> bool:
@@ -409,7 +410,7 @@ def _guard(db: Any, state: _TxState, sql: Any) -> None:
 # --- cursors --------------------------------------------------------------------------------------
 
 
-def _statement(cursor: Any, run: Any, args: tuple, sql: Any, multi_result: bool = False) -> Any:
+def _statement(cursor: Any, run: Any, args: tuple[Any, ...], sql: Any, multi_result: bool = False) -> Any:
     db = cursor.db
     d = db.__dict__
     state = d.get(TX)
@@ -450,7 +451,7 @@ def _statement(cursor: Any, run: Any, args: tuple, sql: Any, multi_result: bool 
     return result
 
 
-def _rebind(cursor: Any, db: Any, d: dict) -> None:
+def _rebind(cursor: Any, db: Any, d: dict[str, Any]) -> None:
     """Give a cursor whose connection went back a DB-API cursor on the wrapper's current one."""
     if db.connection is None:
         db.ensure_connection()
