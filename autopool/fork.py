@@ -45,11 +45,13 @@ Not every fork runs Python's at-fork handlers: uWSGI (an app loaded in the
 master, no ``--lazy-apps``) forks its workers with C's ``fork()`` and runs
 them only with ``--py-call-osafterfork``. So the same handler also runs
 lazily: ``hooks`` compares ``os.getpid()`` with :data:`pid` at each checkout
-and each close of a Django connection (the first thing a worker does with an
-inherited connection: at request start Django closes a connection that
-outlived ``CONN_MAX_AGE``, 0 on a pooled alias) and calls
-:func:`after_in_child` on a mismatch, before anything inherited is used. It
-runs once per process, whichever comes first. Nothing was held before such a
+and each close of a leased connection (the first thing a worker does with a
+connection its Django wrapper held at the fork: at request start Django
+closes a connection that outlived ``CONN_MAX_AGE``, 0 on a pooled alias), as
+:func:`before` does, and calls :func:`after_in_child` on a mismatch, before
+anything inherited is used. It runs once per process, whichever comes first.
+A query straight on such a wrapper's connection before any close (a uWSGI
+``postfork`` hook) is not seen: no hook runs there. Nothing was held before such a
 fork, and no other thread's data was freed: the checkouts still exist
 (``_checked_out()`` finds them), and the pools' locks, which a thread of the
 parent may have held at that moment, are replaced before the checkouts
@@ -146,6 +148,11 @@ def _locks() -> list[Any]:
 
 
 def before() -> None:
+    if pid != os.getpid():
+        # This process was itself forked without the handlers and has not reset yet (a uWSGI worker
+        # forking before its first checkout): its state first, or its child would get the locks and
+        # checkouts of a process gone (the grandparent's threads).
+        after_in_child()
     for lock in _locks():
         if lock.acquire(timeout=LOCK_TIMEOUT):
             _acquired.append(lock)

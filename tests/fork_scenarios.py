@@ -212,7 +212,7 @@ def child_exit(parent: Parent) -> dict[str, Any]:
     return {}
 
 
-def child_use(parent: Parent) -> dict[str, Any]:
+def child_use(parent: Parent, opened: int = 1) -> dict[str, Any]:
     """The main thread's wrapper held a connection at fork time: its next query gets a new session."""
     from autopool import registry
 
@@ -221,7 +221,7 @@ def child_use(parent: Parent) -> dict[str, Any]:
     if cid in parent.ids:
         problems.append(f"the child got one of the parent's sessions ({cid})")
     entries = list(registry.entries("default"))
-    if len(entries) != 1 or entries[0].inherited or entries[0].pool.opened() != 1:
+    if len(entries) != 1 or entries[0].inherited or entries[0].pool.opened() != opened:
         problems.append(f"the child's pools: {entries} (opened: {[e.pool.opened() for e in entries]})")
     # Under gevent the parent's housekeeping task, a greenlet, was copied into the child, where it
     # would keep running (threading calls it stopped): it must have been told to end.
@@ -305,41 +305,72 @@ def child_c_request(parent: Parent) -> dict[str, Any]:
     return result
 
 
-def _request(parent: Parent) -> dict[str, Any]:
+def _request(parent: Parent, opened: int = 1) -> dict[str, Any]:
     from django.core.signals import request_finished, request_started
 
     request_started.send(sender=None)
-    result = child_use(parent)
+    result = child_use(parent, opened)
     request_finished.send(sender=None)
     return result
 
 
 def child_c_checkout(parent: Parent) -> dict[str, Any]:
-    """Forked by C's fork(): the first use is a checkout, by a new thread (greenlet under gevent);
-    then the main thread's wrapper, which held a connection at fork time, queries through a request."""
+    """Forked by C's fork(): the first use is a checkout, by new threads (greenlets under gevent) at
+    once, as a worker's request threads; then the main thread's wrapper, which held a connection at
+    fork time, queries through a request."""
     from django.db import connection
 
     problems: list[str] = []
     _no_handler_ran(problems)
     ids: list[int] = []
     errors: list[str] = []
+    n = 3
+    barrier = threading.Barrier(n)
 
     def work() -> None:
         try:
+            barrier.wait(30)  # the first checkouts race to the reset
             ids.append(connection_id())
+            barrier.wait(30)  # all held at once: a session each
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(f"{type(exc).__name__}: {exc}")
+            barrier.abort()
         finally:
             connection.close()
 
-    t = threading.Thread(target=work)
-    t.start()
-    t.join(60)
-    if errors or len(ids) != 1 or ids[0] in parent.ids:
-        problems.append(f"the new thread's query in the child: {ids} {errors}")
-    result = _request(parent)
+    threads = [threading.Thread(target=work) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    if errors or len(set(ids)) != n or set(ids) & parent.ids:
+        problems.append(f"the new threads' queries in the child: {ids} {errors}")
+    result = _request(parent, opened=n)
     if result.get("child_id") in parent.ids:
         problems.append("the main thread got one of the parent's sessions")
+    result["problems"] = problems + result["problems"]
+    return result
+
+
+def child_c_fork_then_fork(parent: Parent) -> dict[str, Any]:
+    """Forked by C's fork(), then, before any checkout, forks a child of its own with os.fork() (a
+    worker starting a multiprocessing child): each gets sessions of its own."""
+    problems: list[str] = []
+    _no_handler_ran(problems)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        in_child("use", parent, write_fd)
+    os.close(write_fd)
+    grandchild = read_report(read_fd, pid)
+    code = reap(pid)
+    problems += [f"grandchild: {p}" for p in grandchild.get("problems", [])]
+    if code != 0:
+        problems.append(f"grandchild exit status {code}")
+    result = _request(parent)
+    if result.get("child_id") == grandchild.get("child_id"):
+        problems.append(f"the child and its own child shared session {result.get('child_id')}")
     result["problems"] = problems + result["problems"]
     return result
 
@@ -347,7 +378,7 @@ def child_c_checkout(parent: Parent) -> dict[str, Any]:
 CHILDREN: dict[str, Callable[[Parent], dict[str, Any]]] = {
     "exit": child_exit, "use": child_use, "raise": child_raise, "atomic": child_atomic,
     "monitor": child_monitor, "hosts": child_use, "c_fork_request": child_c_request,
-    "c_fork_checkout": child_c_checkout,
+    "c_fork_checkout": child_c_checkout, "c_fork_then_fork": child_c_fork_then_fork,
 }
 
 
@@ -380,6 +411,8 @@ def in_child(name: str, parent: Parent, write_fd: int) -> None:
     """Run the child's checks, report them through the pipe, exit the normal way (never returns)."""
     try:
         report = CHILDREN[name](parent)
+    except SystemExit:
+        raise  # a grandchild's normal exit (c_fork_then_fork), on its way out through these frames
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails the test
         report = {"problems": [f"child raised {type(exc).__name__}: {exc}"]}
     os.write(write_fd, json.dumps(report).encode())

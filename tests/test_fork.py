@@ -29,6 +29,7 @@ SCENARIOS = {
     "hosts": "a multi-host alias (connections made by hosts.HostSet): the child's query gets a new session",
     "c_fork_request": "forked by C's fork(), no at-fork handler run (uWSGI): the first request's close resets",
     "c_fork_checkout": "forked by C's fork(), no at-fork handler run (uWSGI): the first checkout resets",
+    "c_fork_then_fork": "forked by C's fork(), then os.fork() before any checkout: both get sessions of their own",
 }
 
 
@@ -75,3 +76,22 @@ def test_one_after_fork_handler_owns_the_per_process_state() -> None:
     registering = sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
                          if "register_at_fork(" in p.read_text())
     assert registering == ["fork.py"]
+
+
+def test_the_reset_runs_once_per_process(server: Any) -> None:
+    """fork.after_in_child() is both the at-fork handler and what a checkout or close calls on a new
+    pid: in the process whose state it already is (here, never forked), it changes nothing."""
+    from django.db import connection
+
+    from autopool import fork, registry
+    from tests.conftest import connection_id
+
+    first = connection_id()
+    connection.close()
+    entries = list(registry.entries("default"))
+    assert fork.pid == os.getpid()
+    fork.after_in_child()
+    fork.after_in_child()
+    assert list(registry.entries("default")) == entries
+    assert not any(entry.inherited for entry in entries)
+    assert connection_id() == first  # the same pooled session, its descriptor untouched

@@ -250,6 +250,29 @@ def test_gevent_loop_engine_pooled_capped_one_command_per_request(example_db: st
     assert shutdown["Aborted_clients"] == 0, shutdown
 
 
+def test_gevent_loop_engine_workers_of_a_preloaded_app_get_sessions_of_their_own(example_db: str, mariadb: Any,
+                                                                               tmp_path: Path) -> None:
+    """The gevent loop engine with the app loaded in the master (no --lazy-apps, no
+    --py-call-osafterfork): each worker's greenlets race to its first checkout; none gets the
+    master's session, which stays open and answers nothing but the master. (Not checked here:
+    Aborted_clients at shutdown, 1 with two gevent workers whether or not --py-call-osafterfork runs
+    the at-fork handlers.)"""
+    pytest.importorskip("gevent")
+    run = start_uwsgi(mariadb, tmp_path, "--processes", str(WORKERS), "--gevent", "10",
+                      "--gevent-early-monkey-patch", preload_query="after")
+    port, master_cid = run["port"], run["master_cid"]
+    try:
+        by_worker = sessions_by_worker(port, WORKERS)
+        for pid, ids in by_worker.items():
+            assert master_cid not in ids, (pid, ids, master_cid)
+        assert not set.intersection(*by_worker.values()), by_worker  # no session shared by the workers
+        assert concurrent_sleeps(port, 20, 100) == []
+        assert master_cid in live_ids(mariadb)
+    finally:
+        stop_uwsgi(run)
+        wait_for(lambda: sessions(mariadb, DB) == 0, 15, "no session left after shutdown")
+
+
 def test_documented_recipe_leaves_no_session_in_the_master(example_db: str, mariadb: Any, tmp_path: Path) -> None:
     """The app queries while loading, in the master (no --lazy-apps, no --py-call-osafterfork), then
     the documented recipe runs at the end of wsgi.py: the master must hold no session (none to
