@@ -14,15 +14,17 @@ Connector/C (behind mysqlclient) keeps it in its connection handle; PyMySQL
 does not ask for session tracking, so autopool asks for it when it connects
 and reads the schema out of the replies that carry one.
 """
+
 from __future__ import annotations
 
 import ctypes
 import logging
 import socket
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 # (sql, args) run through a DB-API cursor.
-Statement = Tuple[str, Optional[List[Any]]]
+Statement = tuple[str, list[Any] | None]
 
 logger = logging.getLogger("autopool")
 
@@ -44,7 +46,7 @@ class _Unknown:
 
 UNKNOWN = _Unknown()
 # What Driver.schema() returns: the current database, None for none, or UNKNOWN.
-Schema = Union[str, None, _Unknown]
+Schema = str | None | _Unknown
 
 
 class Driver:
@@ -56,7 +58,7 @@ class Driver:
     def dialect(self) -> Any:
         raise NotImplementedError
 
-    def server_status(self, conn: Any) -> Optional[int]:
+    def server_status(self, conn: Any) -> int | None:
         """The server status flags of the last reply, or None if unknown."""
         return None
 
@@ -92,7 +94,7 @@ class Driver:
         """
         return UNKNOWN
 
-    def unread_result(self, conn: Any) -> Optional[bool]:
+    def unread_result(self, conn: Any) -> bool | None:
         """True when a result (or a further result of a multi-result reply) is still unread.
 
         Such a connection cannot take the next user's command (mysqlclient
@@ -130,7 +132,7 @@ class Driver:
     def _send_reset(self, conn: Any) -> None:
         raise NotImplementedError
 
-    def session_setup(self, conn: Any, conn_params: Mapping[str, Any]) -> Tuple[Statement, ...]:
+    def session_setup(self, conn: Any, conn_params: Mapping[str, Any]) -> tuple[Statement, ...]:
         """The statements that redo what the driver set up when it connected.
 
         Called on a fresh connection only (one round trip: its login role).
@@ -164,9 +166,9 @@ class Driver:
         return ("SET ROLE `" + role.replace("`", "``") + "`", None)
 
     # The order in which the driver runs them when it connects.
-    SETUP_ORDER: Tuple[str, ...] = ("names", "sql_mode", "init_command")
+    SETUP_ORDER: tuple[str, ...] = ("names", "sql_mode", "init_command")
 
-    def character_set(self, conn: Any, conn_params: Mapping[str, Any]) -> Tuple[Optional[str], Optional[str]]:
+    def character_set(self, conn: Any, conn_params: Mapping[str, Any]) -> tuple[str | None, str | None]:
         return conn_params.get("charset"), conn_params.get("collation")
 
     def is_open(self, conn: Any) -> bool:
@@ -224,7 +226,7 @@ class PyMySQLDriver(Driver):
 
         return MySQLDialect_pymysql(dbapi=self.module)
 
-    def server_status(self, conn: Any) -> Optional[int]:
+    def server_status(self, conn: Any) -> int | None:
         return getattr(conn, "server_status", None)
 
     def connect_params(self, params: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -237,8 +239,10 @@ class PyMySQLDriver(Driver):
         return dict(params, client_flag=flags | CLIENT_SESSION_TRACK)
 
     def prepare(self, conn: Any) -> None:
-        tracked = bool(getattr(conn, "server_capabilities", 0) & CLIENT_SESSION_TRACK
-                       and getattr(conn, "client_flag", 0) & CLIENT_SESSION_TRACK)
+        tracked = bool(
+            getattr(conn, "server_capabilities", 0) & CLIENT_SESSION_TRACK
+            and getattr(conn, "client_flag", 0) & CLIENT_SESSION_TRACK
+        )
         conn.__dict__[OWNER_ATTR] = None
         if not tracked:
             # The server does not track sessions: schema() stays UNKNOWN.
@@ -254,7 +258,7 @@ class PyMySQLDriver(Driver):
     def schema(self, conn: Any) -> Schema:
         return conn.__dict__.get(SCHEMA_ATTR, UNKNOWN)
 
-    def unread_result(self, conn: Any) -> Optional[bool]:
+    def unread_result(self, conn: Any) -> bool | None:
         # A buffered further result (has_next) is read by PyMySQL itself
         # before the next command; a stream left open would be read to its
         # end first (with a warning), however long it is.
@@ -274,7 +278,7 @@ class PyMySQLDriver(Driver):
         conn._execute_command(COM_RESET_CONNECTION, b"")
         conn._read_ok_packet()
 
-    def character_set(self, conn: Any, conn_params: Mapping[str, Any]) -> Tuple[Optional[str], Optional[str]]:
+    def character_set(self, conn: Any, conn_params: Mapping[str, Any]) -> tuple[str | None, str | None]:
         return getattr(conn, "charset", None), getattr(conn, "collation", None)
 
     def fileno(self, conn: Any) -> int | None:
@@ -286,7 +290,7 @@ SCHEMA_ATTR = "_autopool_schema"  # PyMySQL: the current database, from session 
 HOME_SCHEMA_ATTR = "_autopool_home_schema"  # the database a connection was opened in
 
 
-def tracked_schema(message: Optional[bytes]) -> Optional[bytes]:
+def tracked_schema(message: bytes | None) -> bytes | None:
     """The schema named in an OK packet's session state, or None if it names none.
 
     ``message``: what follows the status and warning count in an OK packet
@@ -309,21 +313,21 @@ def tracked_schema(message: Optional[bytes]) -> Optional[bytes]:
             size, pos = _lenenc_int(message, pos + 1)
             if kind == SESSION_TRACK_SCHEMA:
                 name_length, start = _lenenc_int(message, pos)
-                found = bytes(message[start:start + name_length])
+                found = bytes(message[start : start + name_length])
             pos += size
         return found
     except IndexError:
         return None
 
 
-def _lenenc_int(data: bytes, pos: int) -> Tuple[int, int]:
+def _lenenc_int(data: bytes, pos: int) -> tuple[int, int]:
     first = data[pos]
     if first < 0xFB:
         return first, pos + 1
     width = {0xFC: 2, 0xFD: 3, 0xFE: 8}.get(first)
     if width is None:
         raise IndexError("not a length")
-    return int.from_bytes(data[pos + 1:pos + 1 + width], "little"), pos + 1 + width
+    return int.from_bytes(data[pos + 1 : pos + 1 + width], "little"), pos + 1 + width
 
 
 OWNER_ATTR = "_autopool_owner"  # PyMySQL: the greenlet or thread inside a command, else None
@@ -345,8 +349,10 @@ class ConcurrentUseError(RuntimeError):
 
 
 def _concurrent_use_error(conn: Any) -> BaseException:
-    message = ("this PyMySQL connection is already in use by another greenlet or thread (a connection "
-               "must not be shared); it was closed, both uses fail")
+    message = (
+        "this PyMySQL connection is already in use by another greenlet or thread (a connection "
+        "must not be shared); it was closed, both uses fail"
+    )
     from .gevent import socket_patched
 
     if socket_patched():
@@ -378,7 +384,7 @@ def _abort(conn: Any) -> None:
     sock.close()  # deferred by the socket until the other one drops the reader
 
 
-_guarded_classes: Dict[type, type] = {}
+_guarded_classes: dict[type, type] = {}
 
 
 def _guarded_class(base: type) -> type:
@@ -435,18 +441,29 @@ def _guarded_class(base: type) -> type:
 
     names = [name for name in _GUARDED if callable(getattr(base, name, None))]
     namespace = {name: guard(name) for name in names}
-    namespace.update(_execute_command=_execute_command, close=close, _autopool_owner=None,
-                     __module__=base.__module__)
+    namespace.update(_execute_command=_execute_command, close=close, _autopool_owner=None, __module__=base.__module__)
     cls = _guarded_classes[base] = type(base.__name__, (base,), namespace)
     return cls
 
 
 # PyMySQL Connection methods that send a command and read its reply.
-_GUARDED = ("query", "next_result", "ping", "commit", "rollback", "begin", "select_db", "autocommit",
-            "kill", "show_warnings", "set_character_set", "set_charset")
+_GUARDED = (
+    "query",
+    "next_result",
+    "ping",
+    "commit",
+    "rollback",
+    "begin",
+    "select_db",
+    "autocommit",
+    "kill",
+    "show_warnings",
+    "set_character_set",
+    "set_charset",
+)
 
 
-_tracking_classes: Dict[type, type] = {}
+_tracking_classes: dict[type, type] = {}
 
 
 def _schema_tracking_class(base: type) -> type:
@@ -460,7 +477,7 @@ def _schema_tracking_class(base: type) -> type:
     if cls is not None:
         return cls
 
-    def _note(conn: Any, message: Optional[bytes]) -> None:
+    def _note(conn: Any, message: bytes | None) -> None:
         name = tracked_schema(message)
         if name is not None:
             conn.__dict__[SCHEMA_ATTR] = name.decode(conn.encoding or "utf-8", "surrogateescape") or None
@@ -487,42 +504,105 @@ def _schema_tracking_class(base: type) -> type:
 
 class _NET(ctypes.Structure):
     # NET in mariadb_com.h (Connector/C 3.x)
-    _fields_ = [("pvio", ctypes.c_void_p), ("buff", ctypes.c_void_p), ("buff_end", ctypes.c_void_p),
-                ("write_pos", ctypes.c_void_p), ("read_pos", ctypes.c_void_p), ("fd", ctypes.c_int),
-                ("remain_in_buf", ctypes.c_ulong), ("length", ctypes.c_ulong), ("buf_length", ctypes.c_ulong),
-                ("where_b", ctypes.c_ulong), ("max_packet", ctypes.c_ulong), ("max_packet_size", ctypes.c_ulong),
-                ("pkt_nr", ctypes.c_uint), ("compress_pkt_nr", ctypes.c_uint), ("write_timeout", ctypes.c_uint),
-                ("read_timeout", ctypes.c_uint), ("retry_count", ctypes.c_uint), ("fcntl", ctypes.c_int),
-                ("return_status", ctypes.c_void_p), ("reading_or_writing", ctypes.c_ubyte),
-                ("save_char", ctypes.c_char), ("unused_1", ctypes.c_char), ("unused_2", ctypes.c_char),
-                ("compress", ctypes.c_char), ("unused_3", ctypes.c_char), ("unused_4", ctypes.c_void_p),
-                ("last_errno", ctypes.c_uint), ("error", ctypes.c_ubyte), ("unused_5", ctypes.c_char),
-                ("unused_6", ctypes.c_char), ("last_error", ctypes.c_char * 512), ("sqlstate", ctypes.c_char * 6),
-                ("extension", ctypes.c_void_p)]
+    _fields_ = [
+        ("pvio", ctypes.c_void_p),
+        ("buff", ctypes.c_void_p),
+        ("buff_end", ctypes.c_void_p),
+        ("write_pos", ctypes.c_void_p),
+        ("read_pos", ctypes.c_void_p),
+        ("fd", ctypes.c_int),
+        ("remain_in_buf", ctypes.c_ulong),
+        ("length", ctypes.c_ulong),
+        ("buf_length", ctypes.c_ulong),
+        ("where_b", ctypes.c_ulong),
+        ("max_packet", ctypes.c_ulong),
+        ("max_packet_size", ctypes.c_ulong),
+        ("pkt_nr", ctypes.c_uint),
+        ("compress_pkt_nr", ctypes.c_uint),
+        ("write_timeout", ctypes.c_uint),
+        ("read_timeout", ctypes.c_uint),
+        ("retry_count", ctypes.c_uint),
+        ("fcntl", ctypes.c_int),
+        ("return_status", ctypes.c_void_p),
+        ("reading_or_writing", ctypes.c_ubyte),
+        ("save_char", ctypes.c_char),
+        ("unused_1", ctypes.c_char),
+        ("unused_2", ctypes.c_char),
+        ("compress", ctypes.c_char),
+        ("unused_3", ctypes.c_char),
+        ("unused_4", ctypes.c_void_p),
+        ("last_errno", ctypes.c_uint),
+        ("error", ctypes.c_ubyte),
+        ("unused_5", ctypes.c_char),
+        ("unused_6", ctypes.c_char),
+        ("last_error", ctypes.c_char * 512),
+        ("sqlstate", ctypes.c_char * 6),
+        ("extension", ctypes.c_void_p),
+    ]
 
 
 class _MemRoot(ctypes.Structure):
-    _fields_ = [("free", ctypes.c_void_p), ("used", ctypes.c_void_p), ("pre_alloc", ctypes.c_void_p),
-                ("min_malloc", ctypes.c_size_t), ("block_size", ctypes.c_size_t), ("block_num", ctypes.c_uint),
-                ("first_block_usage", ctypes.c_uint), ("error_handler", ctypes.c_void_p)]
+    _fields_ = [
+        ("free", ctypes.c_void_p),
+        ("used", ctypes.c_void_p),
+        ("pre_alloc", ctypes.c_void_p),
+        ("min_malloc", ctypes.c_size_t),
+        ("block_size", ctypes.c_size_t),
+        ("block_num", ctypes.c_uint),
+        ("first_block_usage", ctypes.c_uint),
+        ("error_handler", ctypes.c_void_p),
+    ]
 
 
 class _Options(ctypes.Structure):
     # struct st_mysql_options in mysql.h
-    _fields_ = ([(n, ctypes.c_uint) for n in ("connect_timeout", "read_timeout", "write_timeout", "port",
-                                               "protocol")]
-                + [("client_flag", ctypes.c_ulong)]
-                + [(n, ctypes.c_void_p) for n in ("host", "user", "password", "unix_socket", "db", "init_command",
-                                                   "my_cnf_file", "my_cnf_group", "charset_dir", "charset_name",
-                                                   "ssl_key", "ssl_cert", "ssl_ca", "ssl_capath", "ssl_cipher",
-                                                   "shared_memory_base_name")]
-                + [("max_allowed_packet", ctypes.c_ulong)]
-                + [(n, ctypes.c_char) for n in ("use_ssl", "compress", "named_pipe", "reconnect", "unused_1",
-                                                 "unused_2", "unused_3")]
-                + [("methods_to_use", ctypes.c_int), ("bind_address", ctypes.c_void_p),
-                   ("secure_auth", ctypes.c_char), ("report_data_truncation", ctypes.c_char)]
-                + [(n, ctypes.c_void_p) for n in ("local_infile_init", "local_infile_read", "local_infile_end",
-                                                   "local_infile_error", "local_infile_userdata", "extension")])
+    _fields_ = (
+        [(n, ctypes.c_uint) for n in ("connect_timeout", "read_timeout", "write_timeout", "port", "protocol")]
+        + [("client_flag", ctypes.c_ulong)]
+        + [
+            (n, ctypes.c_void_p)
+            for n in (
+                "host",
+                "user",
+                "password",
+                "unix_socket",
+                "db",
+                "init_command",
+                "my_cnf_file",
+                "my_cnf_group",
+                "charset_dir",
+                "charset_name",
+                "ssl_key",
+                "ssl_cert",
+                "ssl_ca",
+                "ssl_capath",
+                "ssl_cipher",
+                "shared_memory_base_name",
+            )
+        ]
+        + [("max_allowed_packet", ctypes.c_ulong)]
+        + [
+            (n, ctypes.c_char)
+            for n in ("use_ssl", "compress", "named_pipe", "reconnect", "unused_1", "unused_2", "unused_3")
+        ]
+        + [
+            ("methods_to_use", ctypes.c_int),
+            ("bind_address", ctypes.c_void_p),
+            ("secure_auth", ctypes.c_char),
+            ("report_data_truncation", ctypes.c_char),
+        ]
+        + [
+            (n, ctypes.c_void_p)
+            for n in (
+                "local_infile_init",
+                "local_infile_read",
+                "local_infile_end",
+                "local_infile_error",
+                "local_infile_userdata",
+                "extension",
+            )
+        ]
+    )
 
 
 class _MYSQL(ctypes.Structure):
@@ -534,16 +614,40 @@ class _MYSQL(ctypes.Structure):
     the library returns before trusting it.
     """
 
-    _fields_ = ([("net", _NET), ("unused_0", ctypes.c_void_p)]
-                + [(n, ctypes.c_void_p) for n in ("host", "user", "passwd", "unix_socket", "server_version",
-                                                   "host_info", "info", "db", "charset", "fields")]
-                + [("field_alloc", _MemRoot), ("affected_rows", ctypes.c_ulonglong),
-                   ("insert_id", ctypes.c_ulonglong), ("extra_info", ctypes.c_ulonglong),
-                   ("thread_id", ctypes.c_ulong), ("packet_length", ctypes.c_ulong), ("port", ctypes.c_uint),
-                   ("client_flag", ctypes.c_ulong), ("server_capabilities", ctypes.c_ulong)]
-                + [(n, ctypes.c_uint) for n in ("protocol_version", "field_count", "server_status",
-                                                 "server_language", "warning_count")]
-                + [("options", _Options), ("status", ctypes.c_int)])
+    _fields_ = (
+        [("net", _NET), ("unused_0", ctypes.c_void_p)]
+        + [
+            (n, ctypes.c_void_p)
+            for n in (
+                "host",
+                "user",
+                "passwd",
+                "unix_socket",
+                "server_version",
+                "host_info",
+                "info",
+                "db",
+                "charset",
+                "fields",
+            )
+        ]
+        + [
+            ("field_alloc", _MemRoot),
+            ("affected_rows", ctypes.c_ulonglong),
+            ("insert_id", ctypes.c_ulonglong),
+            ("extra_info", ctypes.c_ulonglong),
+            ("thread_id", ctypes.c_ulong),
+            ("packet_length", ctypes.c_ulong),
+            ("port", ctypes.c_uint),
+            ("client_flag", ctypes.c_ulong),
+            ("server_capabilities", ctypes.c_ulong),
+        ]
+        + [
+            (n, ctypes.c_uint)
+            for n in ("protocol_version", "field_count", "server_status", "server_language", "warning_count")
+        ]
+        + [("options", _Options), ("status", ctypes.c_int)]
+    )
 
 
 MYSQL_STATUS_READY = 0
@@ -589,7 +693,7 @@ class _Native:
     def handle(self, conn: Any) -> int:
         return self._native_of(conn)[0]
 
-    def _native_of(self, conn: Any) -> Tuple[int, Any, int, Any, int, Any]:
+    def _native_of(self, conn: Any) -> tuple[int, Any, int, Any, int, Any]:
         # (handle, status buffer, its address, schema buffer, its address,
         # the handle seen as _MYSQL): stable for the life of the connection,
         # so built once and kept on it; they are read on every return.
@@ -599,11 +703,16 @@ class _Native:
             status = ctypes.c_uint(0)
             schema = ctypes.c_char_p()
             native = conn.__dict__["_autopool_native"] = (
-                handle, status, ctypes.addressof(status), schema, ctypes.addressof(schema),
-                _MYSQL.from_address(handle))
+                handle,
+                status,
+                ctypes.addressof(status),
+                schema,
+                ctypes.addressof(schema),
+                _MYSQL.from_address(handle),
+            )
         return native
 
-    def status(self, conn: Any) -> Optional[int]:
+    def status(self, conn: Any) -> int | None:
         native = self._native_of(conn)
         if self.get_infov(native[0], self.MARIADB_CONNECTION_SERVER_STATUS, native[2]):
             return None
@@ -616,7 +725,7 @@ class _Native:
         name = native[3].value
         return name.decode("utf-8", "surrogateescape") if name else None
 
-    def client_busy(self, conn: Any) -> Optional[bool]:
+    def client_busy(self, conn: Any) -> bool | None:
         """True when the library waits for the caller to read a result (mysql->status)."""
         if not self.layout_ok:
             return None
@@ -627,16 +736,21 @@ class _Native:
             status = self.status(conn)
         except Exception:  # noqa: BLE001 - any failure means "not available"
             status = None
-        ok = status is not None and status < 1 << 16 and \
-            bool(status & SERVER_STATUS_AUTOCOMMIT) == bool(conn.get_autocommit())
+        ok = (
+            status is not None
+            and status < 1 << 16
+            and bool(status & SERVER_STATUS_AUTOCOMMIT) == bool(conn.get_autocommit())
+        )
         if not ok:
             logger.info("mysqlclient server status not readable; rolling back on every return")
             self.get_infov = None
         else:
             self.layout_ok = self._layout_matches(conn, status)
             if not self.layout_ok:
-                logger.info("MariaDB Connector/C's MYSQL layout is not the one autopool knows: an unread "
-                            "streamed result is not detected on return")
+                logger.info(
+                    "MariaDB Connector/C's MYSQL layout is not the one autopool knows: an unread "
+                    "streamed result is not detected on return"
+                )
         self.verified = True
         return ok
 
@@ -647,9 +761,12 @@ class _Native:
             view = self._native_of(conn)[5]
             schema = self._native_of(conn)[3]
             self.get_infov(self.handle(conn), self.MARIADB_CONNECTION_SCHEMA, self._native_of(conn)[4])
-            return (view.thread_id == conn.thread_id() and view.server_status == status
-                    and view.db == ctypes.cast(schema, ctypes.c_void_p).value
-                    and 0 <= view.status <= 8)  # enum mysql_status
+            return (
+                view.thread_id == conn.thread_id()
+                and view.server_status == status
+                and view.db == ctypes.cast(schema, ctypes.c_void_p).value
+                and 0 <= view.status <= 8
+            )  # enum mysql_status
         except Exception:  # noqa: BLE001 - any failure means "not available"
             return False
 
@@ -659,7 +776,7 @@ class MySQLclientDriver(Driver):
 
     def __init__(self, module: Any) -> None:
         super().__init__(module)
-        self._native: Optional[_Native] = None
+        self._native: _Native | None = None
         try:
             self._native = _Native(module._mysql.__file__)
         except Exception:  # noqa: BLE001
@@ -670,7 +787,7 @@ class MySQLclientDriver(Driver):
 
         return MySQLDialect_mysqldb(dbapi=self.module)
 
-    def _ready_native(self, conn: Any) -> Optional[_Native]:
+    def _ready_native(self, conn: Any) -> _Native | None:
         native = self._native
         if native is None or native.get_infov is None:
             return None
@@ -678,7 +795,7 @@ class MySQLclientDriver(Driver):
             return None
         return native
 
-    def server_status(self, conn: Any) -> Optional[int]:
+    def server_status(self, conn: Any) -> int | None:
         native = self._ready_native(conn)
         return None if native is None else native.status(conn)
 
@@ -686,7 +803,7 @@ class MySQLclientDriver(Driver):
         native = self._ready_native(conn)
         return UNKNOWN if native is None else native.schema(conn)
 
-    def unread_result(self, conn: Any) -> Optional[bool]:
+    def unread_result(self, conn: Any) -> bool | None:
         native = self._ready_native(conn)
         if native is None:
             return None
@@ -701,7 +818,7 @@ class MySQLclientDriver(Driver):
     # the character set and sql_mode.
     SETUP_ORDER = ("init_command", "names", "sql_mode")
 
-    def character_set(self, conn: Any, conn_params: Mapping[str, Any]) -> Tuple[Optional[str], Optional[str]]:
+    def character_set(self, conn: Any, conn_params: Mapping[str, Any]) -> tuple[str | None, str | None]:
         charset = conn_params.get("charset")
         if not charset:
             try:

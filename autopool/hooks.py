@@ -14,6 +14,7 @@ registers them. One request's life:
   failed health check really closes it: Django judged it broken or mid-
   transaction, so it is invalidated, never pooled.
 """
+
 from __future__ import annotations
 
 import _thread
@@ -21,7 +22,7 @@ import logging
 import threading
 import weakref
 from os import getpid
-from typing import Any, Optional
+from typing import Any
 
 from . import config as config_mod
 from . import drivers, fork, registry
@@ -30,19 +31,19 @@ from .leases import OWNER_ATTR, current_owner, owner_dead
 
 logger = logging.getLogger("autopool")
 
-LEASE = "_autopool_lease"      # the SQLAlchemy fairy checked out by this wrapper
-REUSED = "_autopool_reused"    # set by checkout: skip the next init_connection_state
+LEASE = "_autopool_lease"  # the SQLAlchemy fairy checked out by this wrapper
+REUSED = "_autopool_reused"  # set by checkout: skip the next init_connection_state
 CLOSING = "_autopool_closing"  # inside close(): _close() may return to the pool
 DISTRUST = "_autopool_distrust"  # inside a failed health check: never return
-OWNER = "_autopool_owner"      # id() of the wrapper that checked LEASE out
-HOLDER = "_autopool_holder"    # the _Lease the pool's abandoned-connection scan watches
-HOME = "_autopool_home"        # the _Lease of checkouts from the wrapper's own thread/greenlet
+OWNER = "_autopool_owner"  # id() of the wrapper that checked LEASE out
+HOLDER = "_autopool_holder"  # the _Lease the pool's abandoned-connection scan watches
+HOME = "_autopool_home"  # the _Lease of checkouts from the wrapper's own thread/greenlet
 INIT = "autopool_initialized"  # record.info key: this dbapi connection is set up
 SETUP = "autopool_session_setup"  # record.info key: statements redoing the driver's set-up after a reset
 
 NO_DB_ALIAS = "__no_db__"
 
-_enabled: Optional[bool] = None
+_enabled: bool | None = None
 
 
 def pooling_enabled() -> bool:
@@ -76,9 +77,14 @@ def get_new_connection(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -
     key = registry.key_for(instance.alias, conn_params, pool_setting)
     entry = registry.get(instance.alias, key)
     if entry is None:
-        entry = registry.create(instance.alias, key, pool_setting, instance.Database,
-                                _creator(wrapped, conn_params, drivers.for_module(instance.Database)),
-                                conn_params)
+        entry = registry.create(
+            instance.alias,
+            key,
+            pool_setting,
+            instance.Database,
+            _creator(wrapped, conn_params, drivers.for_module(instance.Database)),
+            conn_params,
+        )
     fairy = entry.pool.connect()
     conn = fairy.dbapi_connection
     rec = fairy._connection_record
@@ -153,12 +159,12 @@ def _lease_owner(instance: Any) -> Any:
     return weakref.ref(lease)
 
 
-def _creator(wrapped: Any, conn_params: dict, driver: "drivers.Driver") -> Any:
+def _creator(wrapped: Any, conn_params: dict, driver: drivers.Driver) -> Any:
     # The stock get_new_connection does not use ``self``; binding None keeps
     # the pool from holding a DatabaseWrapper (and its thread's state) alive.
     func = getattr(wrapped, "__func__", wrapped)
 
-    def connect(params: Optional[dict] = None) -> Any:
+    def connect(params: dict | None = None) -> Any:
         # ``params``: one host's parameters for a multi-host alias (hosts.py).
         conn = func(None, driver.connect_params(conn_params if params is None else params))
         driver.prepare(conn)
@@ -256,8 +262,7 @@ def _close_leased(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any
         # Code replaced the connection object: close that one as stock does.
         discard(fairy)
         return wrapped(*args, **kwargs)
-    if (d.get(CLOSING) and not d.get(DISTRUST) and not instance.in_atomic_block
-            and not instance.errors_occurred):
+    if d.get(CLOSING) and not d.get(DISTRUST) and not instance.in_atomic_block and not instance.errors_occurred:
         release(instance, fairy)
     else:
         discard(fairy)
@@ -291,8 +296,11 @@ def release(instance: Any, fairy: Any) -> None:
             # A streaming cursor (SSCursor) not read to its end, or a further
             # result of a CALL never fetched: the next user's command would
             # fail ("Commands out of sync") or first read an unbounded stream.
-            logger.info("%r returned with a result still unread (a streaming cursor not read to its end?); "
-                        "closing the connection", entry.alias)
+            logger.info(
+                "%r returned with a result still unread (a streaming cursor not read to its end?); "
+                "closing the connection",
+                entry.alias,
+            )
             driver.forget_unread(conn)
             discard(fairy)
             return
@@ -301,15 +309,20 @@ def release(instance: Any, fairy: Any) -> None:
             # by two greenlets at once) would be the next user's result; or the server
             # closed the session. Checked before the rollback below reads from it; a
             # streamed result is the case above.
-            logger.info("%r returned with bytes waiting on its socket (an unread reply, or the server "
-                        "ended the session); closing the connection", entry.alias)
+            logger.info(
+                "%r returned with bytes waiting on its socket (an unread reply, or the server "
+                "ended the session); closing the connection",
+                entry.alias,
+            )
             discard(fairy)
             return
         if cfg.sa_reset_on_return is None and (not instance.autocommit or driver.may_be_in_transaction(conn)):
             if not cfg.django_reset_on_return:
-                logger.warning("%r returned inside a transaction with no reset configured "
-                               "(django_reset_on_return=False, reset_on_return=None); closing it",
-                               entry.alias)
+                logger.warning(
+                    "%r returned inside a transaction with no reset configured "
+                    "(django_reset_on_return=False, reset_on_return=None); closing it",
+                    entry.alias,
+                )
                 discard(fairy)
                 return
             conn.rollback()
@@ -324,14 +337,13 @@ def release(instance: Any, fairy: Any) -> None:
             discard(fairy)
             return
     except Exception as exc:  # noqa: BLE001 - a failed reset means a broken connection
-        logger.info("reset on return failed for %r (%s); closing the connection",
-                    entry.alias, type(exc).__name__)
+        logger.info("reset on return failed for %r (%s); closing the connection", entry.alias, type(exc).__name__)
         discard(fairy)
         return
     fairy.close()
 
 
-def restore_database(entry: Any, driver: "drivers.Driver", conn: Any) -> bool:
+def restore_database(entry: Any, driver: drivers.Driver, conn: Any) -> bool:
     """Undo a request's ``USE other``: False if the connection cannot be put back.
 
     The driver reads the current database from the server's session tracking
