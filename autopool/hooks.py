@@ -59,7 +59,7 @@ def reset_enabled_cache(**kwargs: Any) -> None:
         _enabled = None
 
 
-def get_new_connection(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+def get_new_connection(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     settings_dict = instance.settings_dict
     pool_setting = settings_dict.get("POOL")
     if pool_setting is None or instance.alias == NO_DB_ALIAS or not pooling_enabled():
@@ -153,18 +153,20 @@ def _lease_owner(instance: Any) -> Any:
     # Connecting from another thread of a shared wrapper: its home is the
     # thread that created it (unknown for a greenlet: then only the
     # wrapper's collection ends the lease).
-    home = next((weakref.ref(t) for t in threading.enumerate() if t.ident == instance._thread_ident), None)
-    lease = _Lease(instance, home)
+    thread_home: weakref.ReferenceType[threading.Thread] | None = next(
+        (weakref.ref(t) for t in threading.enumerate() if t.ident == instance._thread_ident), None
+    )
+    lease = _Lease(instance, thread_home)
     d[HOLDER] = lease
     return weakref.ref(lease)
 
 
-def _creator(wrapped: Any, conn_params: dict, driver: drivers.Driver) -> Any:
+def _creator(wrapped: Any, conn_params: dict[str, Any], driver: drivers.Driver) -> Any:
     # The stock get_new_connection does not use ``self``; binding None keeps
     # the pool from holding a DatabaseWrapper (and its thread's state) alive.
     func = getattr(wrapped, "__func__", wrapped)
 
-    def connect(params: dict | None = None) -> Any:
+    def connect(params: dict[str, Any] | None = None) -> Any:
         # ``params``: one host's parameters for a multi-host alias (hosts.py).
         conn = func(None, driver.connect_params(conn_params if params is None else params))
         driver.prepare(conn)
@@ -173,7 +175,7 @@ def _creator(wrapped: Any, conn_params: dict, driver: drivers.Driver) -> Any:
     return connect
 
 
-def init_connection_state(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+def init_connection_state(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     d = instance.__dict__
     if d.pop(REUSED, False):
         return None
@@ -187,7 +189,7 @@ def init_connection_state(wrapped: Any, instance: Any, args: tuple, kwargs: dict
     return result
 
 
-def set_autocommit(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+def set_autocommit(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     if LEASE in instance.__dict__:
         autocommit = args[0] if args else kwargs["autocommit"]
         try:
@@ -203,7 +205,7 @@ def set_autocommit(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> An
 def _with_flag(flag: str) -> Any:
     """A wrapper that marks a leased wrapper with ``flag`` for the call's duration."""
 
-    def wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         d = instance.__dict__
         if LEASE not in d:
             return wrapped(*args, **kwargs)
@@ -223,7 +225,7 @@ close = _with_flag(CLOSING)
 close_if_health_check_failed = _with_flag(DISTRUST)
 
 
-def _close(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+def _close(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     d = instance.__dict__
     if LEASE not in d:
         return wrapped(*args, **kwargs)
@@ -239,7 +241,7 @@ def _close(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         d.pop(HOLDER, None)
 
 
-def _close_leased(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+def _close_leased(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     d = instance.__dict__
     fairy = d.pop(LEASE)
     d.pop(REUSED, None)
@@ -387,7 +389,7 @@ def discard(fairy: Any) -> None:
         logger.debug("error while closing a connection", exc_info=True)
 
 
-def database_error_exit(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+def database_error_exit(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """``DatabaseErrorWrapper.__exit__``: tell a multi-host alias's hosts about a failed query.
 
     Installed only while a multi-host pool exists (``patch.enable_error_hook``).
@@ -398,10 +400,9 @@ def database_error_exit(wrapped: Any, instance: Any, args: tuple, kwargs: dict) 
         fairy = getattr(instance.wrapper, "__dict__", {}).get(LEASE)
         if fairy is not None:
             entry = getattr(fairy._pool, "autopool_entry", None)
-            hosts = entry.hosts if entry is not None else None
-            if hosts is not None:
+            if entry is not None and entry.hosts is not None:
                 try:
-                    hosts.on_error(fairy._connection_record, exc_value)
+                    entry.hosts.on_error(fairy._connection_record, exc_value)
                 except Exception:  # noqa: BLE001 - never replace the request's own error
                     logger.exception("failover bookkeeping failed for %r", entry.alias)
     return wrapped(*args, **kwargs)
