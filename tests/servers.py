@@ -16,8 +16,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 from tests.mariadb import free_port
 from tests.scenario_main import wait_until
@@ -27,7 +28,7 @@ EXAMPLE = ROOT / "example_project"
 BIN = Path(sys.executable).parent
 
 
-def http_get(port: int, path: str, timeout: float = 30.0) -> Tuple[int, Any]:
+def http_get(port: int, path: str, timeout: float = 30.0) -> tuple[int, Any]:
     """GET; the status and the JSON body (or the raw body if it is not JSON)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
@@ -46,7 +47,7 @@ class Process:
     """A server process in its own process group, its output in ``log``."""
 
     def __init__(self, cmd: Sequence[str], log: Path, cwd: Path = EXAMPLE,
-                 env: Optional[Dict[str, str]] = None) -> None:
+                 env: dict[str, str] | None = None) -> None:
         self.cmd, self.log = list(cmd), log
         self._out = open(log, "wb")
         self.proc = subprocess.Popen(self.cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=self._out,
@@ -63,9 +64,9 @@ class Process:
         if self.alive():
             os.kill(self.pid, sig)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> Optional[int]:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
         """Signal, wait; the exit status, or None if it had to be killed (with its group)."""
-        status: Optional[int] = self.proc.poll()
+        status: int | None = self.proc.poll()
         if status is None:
             self.send_signal(sig)
             try:
@@ -134,7 +135,7 @@ def wait_for(predicate: Any, timeout: float, message: str) -> Any:
 # -- the example project -----------------------------------------------------------------------
 
 def example_env(server: Any, db: str, driver: str, mode: str = "autopool", pool_size: int = 10,
-                **extra: str) -> Dict[str, str]:
+                **extra: str) -> dict[str, str]:
     env = dict(os.environ, **server.env(), EXAMPLE_DB_NAME=db, EXAMPLE_MODE=mode, EXAMPLE_DRIVER=driver,
                EXAMPLE_POOL_SIZE=str(pool_size), PYTHONPATH=str(ROOT), **extra)
     env.pop("DJANGO_SETTINGS_MODULE", None)
@@ -170,8 +171,8 @@ class SessionSampler:
 
     def __init__(self, server: Any, db: str) -> None:
         self.server, self.db = server, db
-        self.samples: List[int] = []
-        self.errors: List[BaseException] = []
+        self.samples: list[int] = []
+        self.errors: list[BaseException] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="session-sampler")
         self._thread.start()
@@ -215,11 +216,11 @@ class ServerCounters:
         self.cur = self.conn.cursor()
         self.before = self.read()
 
-    def read(self) -> Dict[str, int]:
+    def read(self) -> dict[str, int]:
         self.cur.execute("SHOW GLOBAL STATUS WHERE Variable_name IN (%s)" % ", ".join(f"'{c}'" for c in COUNTERS))
         return {k: int(v) for k, v in self.cur.fetchall()}
 
-    def delta(self) -> Dict[str, int]:
+    def delta(self) -> dict[str, int]:
         """Since the last ``delta()`` (or creation)."""
         after = self.read()
         d = {k: after[k] - self.before[k] for k in COUNTERS}
@@ -234,7 +235,7 @@ class ServerCounters:
 
 # -- a throw-away Redis (the Celery tests' broker) ---------------------------------------------------
 
-def start_redis(directory: Path) -> Tuple[Process, int]:
+def start_redis(directory: Path) -> tuple[Process, int]:
     """redis-server (Debian's package) on a free port, no persistence, in ``directory``."""
     import shutil
 

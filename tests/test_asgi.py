@@ -7,14 +7,24 @@ from __future__ import annotations
 import signal
 import socket
 import threading
-from typing import Any, Dict, Iterator, List
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from tests import djsettings
-from tests.servers import (BIN, Process, ServerCounters, SessionSampler, free_port, http_get,
-                           prepare_example_db, sessions, wait_for)
-from tests.servers import example_env
+from tests.servers import (
+    BIN,
+    Process,
+    ServerCounters,
+    SessionSampler,
+    example_env,
+    free_port,
+    http_get,
+    prepare_example_db,
+    sessions,
+    wait_for,
+)
 
 # The server tests run separate processes, unaffected by the pytest process's own gevent patching:
 # scripts/test.sh runs them in the plain runs only.
@@ -24,7 +34,7 @@ POOL_SIZE = 4
 ROWS = 20
 
 
-def command(name: str, port: int) -> List[str]:
+def command(name: str, port: int) -> list[str]:
     app = "example_project.asgi:application"
     if name == "uvicorn":
         pytest.importorskip("uvicorn")
@@ -35,7 +45,7 @@ def command(name: str, port: int) -> List[str]:
 
 
 @pytest.fixture(params=["uvicorn", "daphne"])
-def asgi(request: Any, mariadb: Any, tmp_path: Any) -> Iterator[Dict[str, Any]]:
+def asgi(request: Any, mariadb: Any, tmp_path: Any) -> Iterator[dict[str, Any]]:
     prepare_example_db(mariadb, DB, djsettings.DRIVER, rows=ROWS)
     port = free_port()
     proc = Process(command(request.param, port), tmp_path / f"{request.param}.log",
@@ -50,7 +60,7 @@ def asgi(request: Any, mariadb: Any, tmp_path: Any) -> Iterator[Dict[str, Any]]:
         mariadb.execute(f"DROP DATABASE IF EXISTS {DB}")
 
 
-def pool_stats(port: int) -> List[Dict[str, Any]]:
+def pool_stats(port: int) -> list[dict[str, Any]]:
     status, body = http_get(port, "/stats")
     assert status == 200, body
     return body["pools"]
@@ -67,7 +77,7 @@ def ok(port: int, path: str) -> Any:
 
 
 @server_process
-def test_views_pooled_capped_and_disposed_at_exit(asgi: Dict[str, Any], mariadb: Any) -> None:
+def test_views_pooled_capped_and_disposed_at_exit(asgi: dict[str, Any], mariadb: Any) -> None:
     port, proc = asgi["port"], asgi["proc"]
     # The ORM's async API and a sync view, served by the same process.
     assert ok(port, "/async/item/3") == {"id": 3, "name": "item-3", "value": 3}
@@ -149,7 +159,7 @@ def hang_up_mid_query(port: int, path: str, mariadb: Any) -> None:
 
 @server_process
 @pytest.mark.parametrize("view", ["/async/sleep", "/sleep"])
-def test_client_hanging_up_mid_query_leaves_no_connection_behind(asgi: Dict[str, Any], mariadb: Any,
+def test_client_hanging_up_mid_query_leaves_no_connection_behind(asgi: dict[str, Any], mariadb: Any,
                                                                  view: str) -> None:
     port = asgi["port"]
     ok(port, "/cid")  # the pool exists

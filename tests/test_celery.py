@@ -5,17 +5,26 @@ without touching the parent's or the other children's sessions; the documented s
 leaves no session and no aborted connection."""
 from __future__ import annotations
 
-import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Set
+from typing import Any
 
 import pytest
 
 from tests import djsettings
-from tests.servers import (ROOT, Process, ServerCounters, SessionSampler, example_env, prepare_example_db,
-                           sessions, start_redis, wait_for)
+from tests.servers import (
+    ROOT,
+    Process,
+    ServerCounters,
+    SessionSampler,
+    example_env,
+    prepare_example_db,
+    sessions,
+    start_redis,
+    wait_for,
+)
 
 pytestmark = pytest.mark.gevent_subprocess  # separate processes: the plain runs cover them
 
@@ -57,7 +66,7 @@ class Worker:
                             tmp_path / "worker.log", cwd=ROOT, env=env)
         self.client = celery.Celery(broker=broker, backend=broker)
 
-    def run(self, name: str, args_list: List[List[Any]], timeout: float = 120) -> List[Dict[str, Any]]:
+    def run(self, name: str, args_list: list[list[Any]], timeout: float = 120) -> list[dict[str, Any]]:
         results = [self.client.send_task(f"tests.celeryapp.{name}", args=args) for args in args_list]
         try:
             return [r.get(timeout=timeout) for r in results]
@@ -72,11 +81,11 @@ class Worker:
         assert status == 0, (status, self.proc.output()[-3000:])
 
 
-def live_ids(mariadb: Any) -> Set[int]:
+def live_ids(mariadb: Any) -> set[int]:
     return {row[0] for row in mariadb.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s", [DB])}
 
 
-def children(pid: int) -> Set[int]:
+def children(pid: int) -> set[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
             return {int(x) for x in f.read().split()}
