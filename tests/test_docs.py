@@ -13,6 +13,7 @@ Python and settings examples are run by ``test_readme_examples``/``test_doc_exam
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -102,8 +103,9 @@ OUTPUTS = shown_outputs()
 
 
 def test_every_output_check_is_run():
-    assert sorted(OUTPUTS) == ["check-disabled", "check-errors", "dispose", "log-lines", "runtime-warning",
-                               "stats-fresh", "stats-json", "stats-table"]
+    assert sorted(OUTPUTS) == ["check-disabled", "check-errors", "check-server",
+                               "check-server-hosts", "dispose", "gunicorn-exit",
+                               "log-lines", "no-healthy-host", "prometheus-scrape", "runtime-warning", "stats-fresh", "stats-json", "stats-table"]
 
 
 def two_aliases(server: Server, **default: Any) -> dict[str, Any]:
@@ -140,6 +142,32 @@ def test_log_lines(project: Path, mariadb: Server):
     assert normalise("\n".join(lines)) == normalise(OUTPUTS["log-lines"])
 
 
+def test_gunicorn_exit_lines(project: Path, mariadb: Server):
+    """servers.rst: gunicorn's own line, formatted by gunicorn's logger, then what the worker_exit
+    hook's ``autopool.dispose()`` logs with the LOGGING of docs/monitoring.rst (tests/test_gunicorn.py
+    runs the real server and finds the same lines in its log)."""
+    import inspect
+    import logging
+
+    gunicorn = pytest.importorskip("gunicorn.glogging")
+    from gunicorn import arbiter
+
+    shown = OUTPUTS["gunicorn-exit"].strip("\n").splitlines()
+    message = "Worker exiting (pid: %s)"
+    assert message in inspect.getsource(arbiter)
+    record = logging.LogRecord("gunicorn.error", logging.INFO, __file__, 0, message, (4242,), None)
+    record.process = 4242
+    formatter = logging.Formatter(gunicorn.Logger.error_fmt, gunicorn.Logger.datefmt)
+    utc_offset = re.compile(r"[+-]\d{4}\]")  # the machine's time zone
+    assert normalise(utc_offset.sub("]", formatter.format(record))) == normalise(utc_offset.sub("]", shown[0]))
+
+    code = ("import autopool\nfrom django.db import connection\nconnection.cursor().execute('SELECT 1')\n"
+            "connection.close()\nautopool.dispose()")
+    proc = run(project, ["manage.py", "shell", "-c", code], two_aliases(mariadb), env={"ADV_LOG_LEVEL": "INFO"})
+    lines = [ln[len("LOG INFO autopool "):] for ln in proc.stderr.splitlines() if ln.startswith("LOG INFO autopool ")]
+    assert normalise("\n".join(lines[1:])) == normalise("\n".join(shown[1:]))
+
+
 def test_manage_py_autopool_outputs(project: Path, mariadb: Server):
     fresh = run(project, ["manage.py", "autopool", "stats"], two_aliases(mariadb))
     assert normalise(fresh.stdout) == normalise(without_prompt(OUTPUTS["stats-fresh"]))
@@ -168,6 +196,118 @@ def test_stats_table_and_json_have_the_code_s_rows(project: Path, mariadb: Serve
     shown_keys = re.findall(r'^\s*"(\w+)":', OUTPUTS["stats-json"], re.M)
     head = shown_keys[:shown_keys.index("max_overflow") + 1]
     assert keys[:len(head)] == head and keys[-2:] == shown_keys[-2:]
+
+
+def commands(block: str) -> list[tuple[str, str]]:
+    """``[(command, its output)]`` of a block of ``$ `` lines, each followed by what it printed."""
+    return [(chunk.split("\n", 1)[0], chunk.split("\n", 1)[1] if "\n" in chunk else "")
+            for chunk in re.split(r"^\$ ", block, flags=re.M) if chunk.strip()]
+
+
+def test_check_server_output(project: Path, mariadb: Server):
+    """Both runs of the page: one that fits (exit 0) and one that does not (exit 1, ``echo $?``)."""
+    shown = commands(OUTPUTS["check-server"])
+    assert [c for c, _ in shown] == ["python manage.py autopool check-server --processes 8",
+                                     "python manage.py autopool check-server --processes 16", "echo $?"]
+    max_connections = int(mariadb.execute("SELECT @@max_connections")[0][0])
+    per_process = 20 + 15  # two_aliases(): 10 + 10 and fast_and_sane's 5 + 10, as on the page
+    server_line = re.compile(r"^(Server \S+) \(.*\)$", re.M)  # version and host name are the machine's
+    for (command, output), processes, status in [(shown[0], 1, 0),
+                                                 (shown[1], max_connections // per_process + 1, 1)]:
+        proc = subprocess.run([sys.executable, "manage.py", "autopool", "check-server", "--processes",
+                               str(processes)], cwd=project, env=_env(project, two_aliases(mariadb)),
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == status, proc.stdout + proc.stderr
+        real = server_line.sub(r"\1 (…)", proc.stdout + proc.stderr)
+        assert normalise(real) == normalise(server_line.sub(r"\1 (…)", output)), command
+    assert shown[2][1].strip() == "1"
+
+
+def test_check_server_output_per_host(project: Path, mariadb: Server):
+    """clusters.rst: the report of one server, for one alias that does not fit (the second server's
+    report, cut on the page, has the same lines)."""
+    command, output = commands(OUTPUTS["check-server-hosts"])[0]
+    assert command == "python manage.py autopool check-server --processes 24"
+    processes = int(mariadb.execute("SELECT @@max_connections")[0][0]) // 20 + 1  # 10 + 10 per process
+    dbs = {"default": database(mariadb, POOL={"pool_size": 10, "max_overflow": 10, "timeout": 10})}
+    proc = subprocess.run([sys.executable, "manage.py", "autopool", "check-server", "--processes", str(processes)],
+                          cwd=project, env=_env(project, dbs), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+
+    def neutral(text: str) -> list[str]:
+        text = re.sub(r"^(Server \S+) \(.*\)$", r"\1 (…)", text, flags=re.M)
+        return normalise(re.sub(r"db\d|127\.0\.0\.1", "HOST", text))
+
+    real, shown = neutral(proc.stdout), neutral(output)
+    assert real[:len(shown) - 2] == shown[:-2]
+    cut = [line.rstrip(" …") for line in shown[-2:]]
+    assert real[len(shown) - 2].startswith(cut[0]) and real[0].startswith(cut[1])
+
+
+def test_prometheus_scrape_lines(project: Path, mariadb: Server):
+    """Each line of the excerpt is a line of a real scrape (one connection checked out of default)."""
+    pytest.importorskip("prometheus_client")
+    code = ("from prometheus_client import generate_latest\nfrom django.db import connections\n"
+            "from autopool.contrib import prometheus\nprometheus.register()\n"
+            "connections['replica'].cursor().execute('SELECT 1')\nconnections['replica'].close()\n"
+            "connections['default'].cursor().execute('SELECT 1')\n"
+            "print(generate_latest().decode())")
+    scrape = run(project, ["manage.py", "shell", "-c", code], two_aliases(mariadb)).stdout
+    real = set(re.sub(r'database="\w+"', 'database="…"', scrape).splitlines())
+    shown = re.sub(r'database="\w+"', 'database="…"', OUTPUTS["prometheus-scrape"]).strip().splitlines()
+    missing = [line for line in shown if line not in real]
+    assert not missing, f"not in a real scrape: {missing}"
+
+
+def test_no_healthy_host_text(project: Path, mariadb: Server):
+    """The page's traceback line: its head and a refused host's error from a real multi-host alias whose
+    hosts refuse connections; the Galera host's reason from the health check given a non-Synced node's
+    status row (no Galera cluster here: tests/test_galera.py has the real one)."""
+    import socket
+
+    from autopool import hosts
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:  # a loopback port nobody listens on: connection refused
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    dbs = {"default": database(mariadb, OPTIONS={"connect_timeout": 2, "read_timeout": 30}, POOL={
+        "pool_size": 10, "max_overflow": 10, "timeout": 1, "hosts": [f"127.0.0.1:{p}" for p in ports],
+        "host_policy": "failover"})}
+    code = ("import autopool\nfrom django.db import connection\ntry:\n    connection.ensure_connection()\n"
+            "except autopool.NoHealthyHost as e:\n    print(f'{type(e).__module__}.{type(e).__name__}: {e}')")
+    real = run(project, ["manage.py", "shell", "-c", code], dbs).stdout.strip().splitlines()[-1]
+    shown = " ".join(OUTPUTS["no-healthy-host"].split())
+
+    def host_neutral(text: str) -> str:
+        return " ".join(normalise(re.sub(r"db\d|127\.0\.0\.1", "HOST", text)))
+
+    head, galera, rest = shown.split("; ")
+    real_head = real.split("; ")[0]
+    assert len(real.split("; ")) == 2  # one part per host
+    assert host_neutral(real_head.split(": OperationalError")[0]) == host_neutral(head.split(": OperationalError")[0])
+    if os.environ.get("AUTOPOOL_TEST_DRIVER", "mysqlclient") == "mysqlclient":
+        assert host_neutral(real_head) == host_neutral(head)  # mysqlclient's refused-connection text
+    else:
+        assert "OperationalError(2003, \"Can't connect to MySQL server on " in real_head, real_head
+
+    class Row:
+        def cursor(self) -> Any:
+            return self
+
+        def execute(self, sql: str) -> None:
+            pass
+
+        def fetchone(self) -> tuple[int, str, str]:
+            return (1, "OFF", "0")  # @@wsrep_on, wsrep_ready, wsrep_local_state of a joining node
+
+        def close(self) -> None:
+            pass
+
+    label, _, reason = galera.partition(": ")
+    assert hosts.check_health(Row()) == (False, reason)
+    assert rest == "db3:3306: …"
 
 
 def _env(project: Path, dbs: dict[str, Any]) -> dict[str, str]:
