@@ -20,8 +20,8 @@ from __future__ import annotations
 import ctypes
 import logging
 import socket
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, TypeAlias
 
 # (sql, args) run through a DB-API cursor.
 Statement = tuple[str, list[Any] | None]
@@ -84,7 +84,8 @@ class Driver:
 
     def home_schema(self, conn: Any) -> Schema:
         """The database the connection was opened in (UNKNOWN if not tracked)."""
-        return conn.__dict__.get(HOME_SCHEMA_ATTR, UNKNOWN)
+        home: Schema = conn.__dict__.get(HOME_SCHEMA_ATTR, UNKNOWN)
+        return home
 
     def schema(self, conn: Any) -> Schema:
         """The connection's current database as the client tracked it, without a round trip.
@@ -141,12 +142,12 @@ class Driver:
         names = f"SET NAMES {charset}" + (f" COLLATE {collation}" if collation else "") if charset else None
         sql_mode = conn_params.get("sql_mode")
         init_command = conn_params.get("init_command")
-        steps = {
+        steps: dict[str, Statement | None] = {
             "names": (names, None) if names else None,
             "sql_mode": ("SET SESSION sql_mode = %s", [sql_mode]) if sql_mode is not None else None,
             "init_command": (init_command, None) if init_command else None,
         }
-        setup = tuple(steps[name] for name in self.SETUP_ORDER if steps[name] is not None)
+        setup = tuple(step for step in (steps[name] for name in self.SETUP_ORDER) if step is not None)
         return setup + (self._role_statement(conn),)
 
     @staticmethod
@@ -177,9 +178,10 @@ class Driver:
     def fileno(self, conn: Any) -> int | None:
         """The connection's socket descriptor, or None if it cannot be had."""
         try:
-            return conn.fileno()
+            fd: int = conn.fileno()
         except Exception:  # noqa: BLE001 - no descriptor: nothing to poll
             return None
+        return fd
 
     def pending_input(self, conn: Any) -> bool:
         """True when bytes wait on an idle connection's socket (a non-blocking poll, < 1 us).
@@ -256,7 +258,8 @@ class PyMySQLDriver(Driver):
         self._note_home(conn)
 
     def schema(self, conn: Any) -> Schema:
-        return conn.__dict__.get(SCHEMA_ATTR, UNKNOWN)
+        schema: Schema = conn.__dict__.get(SCHEMA_ATTR, UNKNOWN)
+        return schema
 
     def unread_result(self, conn: Any) -> bool | None:
         # A buffered further result (has_next) is read by PyMySQL itself
@@ -358,7 +361,8 @@ def _concurrent_use_error(conn: Any) -> BaseException:
     if socket_patched():
         from gevent.exceptions import ConcurrentObjectUseError
 
-        return ConcurrentObjectUseError(message)
+        error: BaseException = ConcurrentObjectUseError(message)
+        return error
     return ConcurrentUseError(message)
 
 
@@ -384,10 +388,11 @@ def _abort(conn: Any) -> None:
     sock.close()  # deferred by the socket until the other one drops the reader
 
 
-_guarded_classes: dict[type, type] = {}
+# Keyed by PyMySQL's (untyped) Connection class and its subclasses.
+_guarded_classes: dict[type[Any], type[Any]] = {}
 
 
-def _guarded_class(base: type) -> type:
+def _guarded_class(base: type[Any]) -> type[Any]:
     """A subclass of PyMySQL's Connection that refuses a second concurrent user.
 
     A connection is one protocol stream: a command sent while another
@@ -463,10 +468,10 @@ _GUARDED = (
 )
 
 
-_tracking_classes: dict[type, type] = {}
+_tracking_classes: dict[type[Any], type[Any]] = {}
 
 
-def _schema_tracking_class(base: type) -> type:
+def _schema_tracking_class(base: type[Any]) -> type[Any]:
     """A subclass of PyMySQL's Connection that notes the schema named in its replies.
 
     Only replies with SERVER_SESSION_STATE_CHANGED are parsed (a USE, a
@@ -482,7 +487,7 @@ def _schema_tracking_class(base: type) -> type:
         if name is not None:
             conn.__dict__[SCHEMA_ATTR] = name.decode(conn.encoding or "utf-8", "surrogateescape") or None
 
-    class SchemaTracking(base):  # type: ignore[misc, valid-type]
+    class SchemaTracking(base):
         def _read_query_result(self, unbuffered: bool = False) -> Any:
             rows = super()._read_query_result(unbuffered=unbuffered)
             result = self._result
@@ -554,54 +559,54 @@ class _MemRoot(ctypes.Structure):
     ]
 
 
+# A field of a structure made of scalars and pointers only (a string: ctypes'
+# classes are not subscriptable at run time).
+_Scalar: TypeAlias = "tuple[str, type[ctypes._SimpleCData[Any]]]"
+
+
+def _scalars(ctype: type[ctypes._SimpleCData[Any]], *names: str) -> list[_Scalar]:
+    """Consecutive fields of one C type."""
+    return [(name, ctype) for name in names]
+
+
 class _Options(ctypes.Structure):
     # struct st_mysql_options in mysql.h
-    _fields_ = (
-        [(n, ctypes.c_uint) for n in ("connect_timeout", "read_timeout", "write_timeout", "port", "protocol")]
-        + [("client_flag", ctypes.c_ulong)]
-        + [
-            (n, ctypes.c_void_p)
-            for n in (
-                "host",
-                "user",
-                "password",
-                "unix_socket",
-                "db",
-                "init_command",
-                "my_cnf_file",
-                "my_cnf_group",
-                "charset_dir",
-                "charset_name",
-                "ssl_key",
-                "ssl_cert",
-                "ssl_ca",
-                "ssl_capath",
-                "ssl_cipher",
-                "shared_memory_base_name",
-            )
-        ]
-        + [("max_allowed_packet", ctypes.c_ulong)]
-        + [
-            (n, ctypes.c_char)
-            for n in ("use_ssl", "compress", "named_pipe", "reconnect", "unused_1", "unused_2", "unused_3")
-        ]
-        + [
-            ("methods_to_use", ctypes.c_int),
-            ("bind_address", ctypes.c_void_p),
-            ("secure_auth", ctypes.c_char),
-            ("report_data_truncation", ctypes.c_char),
-        ]
-        + [
-            (n, ctypes.c_void_p)
-            for n in (
-                "local_infile_init",
-                "local_infile_read",
-                "local_infile_end",
-                "local_infile_error",
-                "local_infile_userdata",
-                "extension",
-            )
-        ]
+    _fields_: ClassVar[Sequence[_Scalar]] = (
+        _scalars(ctypes.c_uint, "connect_timeout", "read_timeout", "write_timeout", "port", "protocol")
+        + _scalars(ctypes.c_ulong, "client_flag")
+        + _scalars(
+            ctypes.c_void_p,
+            "host",
+            "user",
+            "password",
+            "unix_socket",
+            "db",
+            "init_command",
+            "my_cnf_file",
+            "my_cnf_group",
+            "charset_dir",
+            "charset_name",
+            "ssl_key",
+            "ssl_cert",
+            "ssl_ca",
+            "ssl_capath",
+            "ssl_cipher",
+            "shared_memory_base_name",
+        )
+        + _scalars(ctypes.c_ulong, "max_allowed_packet")
+        + _scalars(ctypes.c_char, "use_ssl", "compress", "named_pipe", "reconnect", "unused_1", "unused_2", "unused_3")
+        + _scalars(ctypes.c_int, "methods_to_use")
+        + _scalars(ctypes.c_void_p, "bind_address")
+        + _scalars(ctypes.c_char, "secure_auth", "report_data_truncation")
+        + _scalars(
+            ctypes.c_void_p,
+            "local_infile_init",
+            "local_infile_read",
+            "local_infile_end",
+            "local_infile_error",
+            "local_infile_userdata",
+            "extension",
+        )
     )
 
 
@@ -652,6 +657,10 @@ class _MYSQL(ctypes.Structure):
 
 MYSQL_STATUS_READY = 0
 
+# What _Native keeps on a connection: the handle, the status buffer and its
+# address, the schema buffer and its address, the handle seen as _MYSQL.
+_NativeView = tuple[int, ctypes.c_uint, int, ctypes.c_char_p, int, _MYSQL]
+
 
 class _Native:
     """ctypes access to mysqlclient's MYSQL handle (MariaDB Connector/C).
@@ -671,35 +680,35 @@ class _Native:
     MARIADB_CONNECTION_SERVER_STATUS = 30
 
     def __init__(self, extension_path: str) -> None:
-        self.get_infov = self.reset = None
-        self.layout_ok = False  # _MYSQL matches the library: the client status is readable
-        try:
-            lib = ctypes.CDLL(extension_path)
-            get_infov = lib.mariadb_get_infov
-            get_infov.restype = ctypes.c_ubyte
-            get_infov.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
-            reset = lib.mysql_reset_connection
-            reset.restype = ctypes.c_int
-            reset.argtypes = [ctypes.c_void_p]
-        except (OSError, AttributeError):
-            return
+        # OSError (no library) or AttributeError (a function missing): the
+        # driver has no _Native.
+        lib = ctypes.CDLL(extension_path)
+        get_infov = lib.mariadb_get_infov
+        get_infov.restype = ctypes.c_ubyte
+        get_infov.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+        reset = lib.mysql_reset_connection
+        reset.restype = ctypes.c_int
+        reset.argtypes = [ctypes.c_void_p]
         capsule_pointer = ctypes.pythonapi.PyCapsule_GetPointer
         capsule_pointer.restype = ctypes.c_void_p
         capsule_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
         self._capsule_pointer = capsule_pointer
-        self.get_infov, self.reset = get_infov, reset
+        # mariadb_get_infov(handle, value, out) and mysql_reset_connection(handle).
+        self.get_infov: Callable[[int, int, int], int] = get_infov
+        self.reset: Callable[[int], int] = reset
         self.verified = False
+        self.readable = True  # the server status can be read (until verify() finds otherwise)
+        self.layout_ok = False  # _MYSQL matches the library: the client status is readable
 
     def handle(self, conn: Any) -> int:
         return self._native_of(conn)[0]
 
-    def _native_of(self, conn: Any) -> tuple[int, Any, int, Any, int, Any]:
-        # (handle, status buffer, its address, schema buffer, its address,
-        # the handle seen as _MYSQL): stable for the life of the connection,
-        # so built once and kept on it; they are read on every return.
-        native = conn.__dict__.get("_autopool_native")
+    def _native_of(self, conn: Any) -> _NativeView:
+        # Stable for the life of the connection, so built once and kept on
+        # it; they are read on every return.
+        native: _NativeView | None = conn.__dict__.get("_autopool_native")
         if native is None:
-            handle = self._capsule_pointer(conn._get_native_connection(), b"_mysql.connection.native_connection")
+            handle: int = self._capsule_pointer(conn._get_native_connection(), b"_mysql.connection.native_connection")
             status = ctypes.c_uint(0)
             schema = ctypes.c_char_p()
             native = conn.__dict__["_autopool_native"] = (
@@ -716,7 +725,8 @@ class _Native:
         native = self._native_of(conn)
         if self.get_infov(native[0], self.MARIADB_CONNECTION_SERVER_STATUS, native[2]):
             return None
-        return native[1].value
+        status: int = native[1].value
+        return status
 
     def schema(self, conn: Any) -> Schema:
         native = self._native_of(conn)
@@ -729,7 +739,8 @@ class _Native:
         """True when the library waits for the caller to read a result (mysql->status)."""
         if not self.layout_ok:
             return None
-        return self._native_of(conn)[5].status != MYSQL_STATUS_READY
+        status: int = self._native_of(conn)[5].status
+        return status != MYSQL_STATUS_READY
 
     def verify(self, conn: Any) -> bool:
         try:
@@ -741,9 +752,9 @@ class _Native:
             and status < 1 << 16
             and bool(status & SERVER_STATUS_AUTOCOMMIT) == bool(conn.get_autocommit())
         )
-        if not ok:
+        if status is None or not ok:
             logger.info("mysqlclient server status not readable; rolling back on every return")
-            self.get_infov = None
+            self.readable = False
         else:
             self.layout_ok = self._layout_matches(conn, status)
             if not self.layout_ok:
@@ -761,12 +772,13 @@ class _Native:
             view = self._native_of(conn)[5]
             schema = self._native_of(conn)[3]
             self.get_infov(self.handle(conn), self.MARIADB_CONNECTION_SCHEMA, self._native_of(conn)[4])
-            return (
+            matches: bool = (
                 view.thread_id == conn.thread_id()
                 and view.server_status == status
                 and view.db == ctypes.cast(schema, ctypes.c_void_p).value
-                and 0 <= view.status <= 8
-            )  # enum mysql_status
+                and 0 <= view.status <= 8  # enum mysql_status
+            )
+            return matches
         except Exception:  # noqa: BLE001 - any failure means "not available"
             return False
 
@@ -789,7 +801,7 @@ class MySQLclientDriver(Driver):
 
     def _ready_native(self, conn: Any) -> _Native | None:
         native = self._native
-        if native is None or native.get_infov is None:
+        if native is None or not native.readable:
             return None
         if not native.verified and not native.verify(conn):
             return None
@@ -829,14 +841,14 @@ class MySQLclientDriver(Driver):
 
     def _send_reset(self, conn: Any) -> None:
         native = self._native
-        if native is not None and native.reset is not None:
+        if native is not None:
             if native.reset(native.handle(conn)) == 0:
                 return
             raise self.module.OperationalError(conn.errno(), conn.error())
         raise self.module.NotSupportedError("reset_session needs MariaDB Connector/C's mysql_reset_connection")
 
 
-_drivers: dict = {}
+_drivers: dict[int, Driver] = {}
 
 
 def for_module(module: Any) -> Driver:
