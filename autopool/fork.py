@@ -30,8 +30,9 @@ Then it resets, in order, every piece of per-process state:
 Before the fork, the module locks of registry, housekeeping and routers, and
 each pool's lock, are taken, so no other thread is in the middle of changing
 that state when the process is copied (a lock held by a thread that does not
-exist in the child would stay held there forever); the child replaces the
-module locks and releases the pools'. The
+exist in the child would stay held there forever): each holder's
+``lock_for_fork()``, and ``release_after_fork()`` in the parent and the
+child; the child then gives the pools and modules fresh locks. The
 connections checked out at that moment (their pool records' fairies) are
 held across the fork: in the child, CPython frees other threads'
 thread-local data (Django's connections) *before* any after-fork handler
@@ -66,7 +67,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import event
 
@@ -82,8 +83,8 @@ _track_lock = threading.Lock()
 # monitor) and every pool record: what a child must neutralize and what a fork must hold.
 _connections: weakref.WeakSet[Any] = weakref.WeakSet()
 _records: weakref.WeakSet[Any] = weakref.WeakSet()
-# Between before() and the after-fork handlers: the locks taken, the fairies held.
-_acquired: list[Any] = []
+# Between before() and the after-fork handlers: the locks taken (their release), the fairies held.
+_acquired: list[Callable[[], None]] = []
 _held: list[Any] = []
 # The process this module's (and the other modules') per-process state belongs to. ``hooks`` compares
 # it with os.getpid() (~0.1 us) to catch a fork that ran no at-fork handler; after_in_child() sets it.
@@ -125,26 +126,35 @@ def _module(name: str) -> Any:
     return sys.modules.get(f"{__package__}.{name}")
 
 
-def _locks() -> list[Any]:
-    """The locks guarding per-process state, in the order the code takes them."""
-    locks: list[Any] = []
-    routers = _module("routers")
-    if routers is not None:
-        locks.append(routers._monitor_lock)  # monitor() registers with housekeeping under it
+class ForkLocked(Protocol):
+    """Per-process state kept under a lock: the registry, housekeeping and routers modules, each pool."""
+
+    def lock_for_fork(self, timeout: float) -> bool: ...
+
+    def release_after_fork(self) -> None: ...
+
+
+class _TrackLock:
+    # This module's own lock, under the same protocol.
+    def lock_for_fork(self, timeout: float) -> bool:
+        return _track_lock.acquire(timeout=timeout)
+
+    def release_after_fork(self) -> None:
+        _track_lock.release()
+
+
+def _locked() -> list[ForkLocked]:
+    """What guards per-process state, in the order the code takes the locks."""
+    # routers.monitor() registers with housekeeping under its lock.
+    modules = [_module(name) for name in ("routers", "registry", "housekeeping")]
+    locked: list[ForkLocked] = [module for module in modules if module is not None]
+    locked.append(_TrackLock())
     registry = _module("registry")
-    housekeeping = _module("housekeeping")
     if registry is not None:
-        locks.append(registry._lock)
-    if housekeeping is not None:
-        locks.append(housekeeping._lock)
-    locks.append(_track_lock)
-    if registry is not None:
-        for entry in registry.entries():
-            # autopool's QueuePool keeps its bookkeeping under one lock (no I/O under it).
-            lock = getattr(entry.pool, "_lock", None)
-            if lock is not None:
-                locks.append(lock)
-    return locks
+        # autopool's QueuePool keeps its bookkeeping under one lock (no I/O under it); another pool
+        # class has no lock_for_fork().
+        locked.extend(entry.pool for entry in registry.entries() if hasattr(entry.pool, "lock_for_fork"))
+    return locked
 
 
 def before() -> None:
@@ -153,9 +163,9 @@ def before() -> None:
         # forking before its first checkout): its state first, or its child would get the locks and
         # checkouts of a process gone (the grandparent's threads).
         after_in_child()
-    for lock in _locks():
-        if lock.acquire(timeout=LOCK_TIMEOUT):
-            _acquired.append(lock)
+    for holder in _locked():
+        if holder.lock_for_fork(LOCK_TIMEOUT):
+            _acquired.append(holder.release_after_fork)
         else:
             logger.warning("fork(): a lock of autopool stayed held for %s s; forking without it", LOCK_TIMEOUT)
     _held.extend(_checked_out())
@@ -180,7 +190,7 @@ def after_in_parent() -> None:
 
 def _release_acquired() -> None:
     while _acquired:
-        _acquired.pop().release()
+        _acquired.pop()()
 
 
 def after_in_child() -> None:
@@ -240,8 +250,8 @@ def _fresh_pool_locks() -> None:
     if registry is None:
         return
     for entry in registry.entries():
-        if getattr(entry.pool, "_lock", None) is not None:
-            entry.pool._lock = threading.Lock()
+        if hasattr(entry.pool, "after_fork_in_child"):
+            entry.pool.after_fork_in_child()
 
 
 def _step(func: Callable[..., Any], *args: Any) -> None:

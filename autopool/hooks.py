@@ -225,7 +225,8 @@ close = _with_flag(CLOSING)
 close_if_health_check_failed = _with_flag(DISTRUST)
 
 
-def _close(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def close_dbapi_connection(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Django's ``_close()`` (closes the DB-API connection): a leased connection goes back to its pool."""
     d = instance.__dict__
     if LEASE not in d:
         return wrapped(*args, **kwargs)

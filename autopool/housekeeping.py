@@ -102,6 +102,19 @@ def stop(timeout: float = 5.0) -> None:
         thread.join(timeout)
 
 
+def lock_for_fork(timeout: float) -> bool:
+    """Before ``os.fork()`` (``fork.py``): hold the task and its registrations still, so the child copies it whole.
+
+    False if another thread kept it ``timeout`` seconds.
+    """
+    return _lock.acquire(timeout=timeout)
+
+
+def release_after_fork() -> None:
+    """After ``os.fork()``, in the parent and in the child: let go of what :func:`lock_for_fork` took."""
+    _lock.release()
+
+
 def reset_after_fork() -> None:
     """In a forked child: no task, nothing registered, a fresh lock."""
     global _thread, _stop, _lock

@@ -26,7 +26,7 @@ PATCHES: tuple[tuple[str, Callable[..., Any]], ...] = (
     ("_set_autocommit", hooks.set_autocommit),
     ("close", hooks.close),
     ("close_if_health_check_failed", hooks.close_if_health_check_failed),
-    ("_close", hooks._close),
+    ("_close", hooks.close_dbapi_connection),
 )
 
 # Django's error path: (module, class, attribute, wrapper). Applied only while

@@ -418,6 +418,26 @@ class QueuePool(Pool):
                 self._release_slot()
 
     # -- disposal -------------------------------------------------------------
+    # -- fork (fork.py): no I/O happens under the lock, so it may be held across os.fork().
+    def lock_for_fork(self, timeout: float) -> bool:
+        """Before ``os.fork()``: hold the bookkeeping still, so the child copies it whole.
+
+        False if another thread kept the lock ``timeout`` seconds.
+        """
+        return self._lock.acquire(timeout=timeout)
+
+    def release_after_fork(self) -> None:
+        """After ``os.fork()``, in the parent and in the child: let go of what :meth:`lock_for_fork` took."""
+        self._lock.release()
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child, before its checkouts leave the pool: a fresh lock.
+
+        The inherited one may be held by a thread the child does not have (a
+        fork that ran no at-fork handler, so no :meth:`lock_for_fork`).
+        """
+        self._lock = threading.Lock()
+
     def dispose(self) -> None:
         """Close the idle connections; checked-out ones are closed when returned
         only if :meth:`close` was called."""

@@ -268,6 +268,19 @@ def dispose(alias: str | None = None) -> int:
     return len(victims)
 
 
+def lock_for_fork(timeout: float) -> bool:
+    """Before ``os.fork()`` (``fork.py``): hold the pool store still, so the child copies it whole.
+
+    False if another thread kept it ``timeout`` seconds.
+    """
+    return _lock.acquire(timeout=timeout)
+
+
+def release_after_fork() -> None:
+    """After ``os.fork()``, in the parent and in the child: let go of what :func:`lock_for_fork` took."""
+    _lock.release()
+
+
 def forget_after_fork() -> None:
     """In a forked child (called by ``fork.py`` once the inherited connections point at /dev/null):
     forget the parent's pools; the next checkout builds the child's own."""

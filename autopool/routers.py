@@ -288,6 +288,19 @@ def stop_monitor() -> None:
         mon.close()
 
 
+def lock_for_fork(timeout: float) -> bool:
+    """Before ``os.fork()`` (``fork.py``): hold the replica monitor's creation still, so the child copies it whole.
+
+    False if another thread kept it ``timeout`` seconds.
+    """
+    return _monitor_lock.acquire(timeout=timeout)
+
+
+def release_after_fork() -> None:
+    """After ``os.fork()``, in the parent and in the child: let go of what :func:`lock_for_fork` took."""
+    _monitor_lock.release()
+
+
 def reset_after_fork() -> None:
     """In a forked child (``fork.py``, after the inherited connections point at /dev/null): forget
     the parent's monitor; the next :func:`monitor` call builds the child's, with its own connections,
