@@ -245,7 +245,7 @@ class PyMySQLDriver(Driver):
             getattr(conn, "server_capabilities", 0) & CLIENT_SESSION_TRACK
             and getattr(conn, "client_flag", 0) & CLIENT_SESSION_TRACK
         )
-        conn.__dict__[OWNER_ATTR] = None
+        conn.__dict__[IN_COMMAND_ATTR] = None
         if not tracked:
             # The server does not track sessions: schema() stays UNKNOWN.
             conn.__class__ = _guarded_class(type(conn))
@@ -333,7 +333,7 @@ def _lenenc_int(data: bytes, pos: int) -> tuple[int, int]:
     return int.from_bytes(data[pos + 1 : pos + 1 + width], "little"), pos + 1 + width
 
 
-OWNER_ATTR = "_autopool_owner"  # PyMySQL: the greenlet or thread inside a command, else None
+IN_COMMAND_ATTR = "_autopool_in_command"  # PyMySQL: the greenlet or thread inside a command, else None
 
 try:
     from greenlet import getcurrent as _current
@@ -412,16 +412,16 @@ def _guarded_class(base: type[Any]) -> type[Any]:
 
         def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
             me = _current()
-            owner = self._autopool_owner
+            owner = self._autopool_in_command
             if owner is not None and owner is not me:
                 _abort(self)
                 raise _concurrent_use_error(self)
-            self._autopool_owner = me
+            self._autopool_in_command = me
             try:
                 return method(self, *args, **kwargs)
             finally:
                 if owner is None:  # not a nested call (query() runs next_result())
-                    self._autopool_owner = None
+                    self._autopool_in_command = None
 
         guarded.__name__ = guarded.__qualname__ = name
         guarded.__doc__ = method.__doc__
@@ -429,14 +429,14 @@ def _guarded_class(base: type[Any]) -> type[Any]:
 
     def _execute_command(self: Any, command: int, sql: Any) -> Any:
         # Every command passes here, also those sent by methods not guarded above.
-        owner = self._autopool_owner
+        owner = self._autopool_in_command
         if owner is not None and owner is not _current():
             _abort(self)
             raise _concurrent_use_error(self)
         return base._execute_command(self, command, sql)
 
     def close(self: Any) -> None:
-        owner = self._autopool_owner
+        owner = self._autopool_in_command
         if owner is not None and owner is not _current():
             # Closed from elsewhere while a command waits: that command fails.
             self._closed = True
@@ -446,7 +446,9 @@ def _guarded_class(base: type[Any]) -> type[Any]:
 
     names = [name for name in _GUARDED if callable(getattr(base, name, None))]
     namespace = {name: guard(name) for name in names}
-    namespace.update(_execute_command=_execute_command, close=close, _autopool_owner=None, __module__=base.__module__)
+    namespace.update(
+        _execute_command=_execute_command, close=close, _autopool_in_command=None, __module__=base.__module__
+    )
     cls = _guarded_classes[base] = type(base.__name__, (base,), namespace)
     return cls
 

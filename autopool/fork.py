@@ -307,7 +307,7 @@ def _forget_checkouts(fairies: list[Any]) -> None:
     kept = set()
     if hooks is not None:
         for wrapper in _wrappers_of(fairies, leases):
-            fairy = wrapper.__dict__.get(hooks.LEASE)
+            fairy = wrapper.__dict__.get(hooks.FAIRY)
             if fairy is None or id(fairy) not in held:
                 continue
             if wrapper.in_atomic_block:
@@ -316,7 +316,7 @@ def _forget_checkouts(fairies: list[Any]) -> None:
                 wrapper.needs_rollback = True
                 kept.add(id(fairy))
                 continue
-            for key in (hooks.LEASE, hooks.OWNER, hooks.REUSED, hooks.HOLDER):
+            for key in (hooks.FAIRY, hooks.CHECKED_OUT_BY, hooks.REUSED, hooks.HOLDER):
                 wrapper.__dict__.pop(key, None)
             wrapper.connection = None  # the next query connects through the child's own pool
     for fairy in fairies:
@@ -333,7 +333,7 @@ def _wrappers_of(fairies: list[Any], leases: Any) -> list[Any]:
     """The Django wrappers holding ``fairies``: through each checkout's lease, and this thread's own."""
     wrappers = []
     for fairy in fairies:
-        owner = fairy.__dict__.get(leases.OWNER_ATTR) if leases is not None else None
+        owner = fairy.__dict__.get(leases.FAIRY_OWNER_ATTR) if leases is not None else None
         lease = owner() if owner is not None else None
         ref = getattr(lease, "wrapper", None)
         wrapper = ref() if ref is not None else None

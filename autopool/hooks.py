@@ -26,16 +26,16 @@ from typing import Any
 
 from . import config as config_mod
 from . import drivers, fork, registry
+from .leases import FAIRY_OWNER_ATTR, current_owner, owner_dead
 from .leases import LEASED_ATTR as LEASED
-from .leases import OWNER_ATTR, current_owner, owner_dead
 
 logger = logging.getLogger("autopool")
 
-LEASE = "_autopool_lease"  # the SQLAlchemy fairy checked out by this wrapper
+FAIRY = "_autopool_fairy"  # the SQLAlchemy fairy checked out by this wrapper
 REUSED = "_autopool_reused"  # set by checkout: skip the next init_connection_state
 CLOSING = "_autopool_closing"  # inside close(): _close() may return to the pool
 DISTRUST = "_autopool_distrust"  # inside a failed health check: never return
-OWNER = "_autopool_owner"  # id() of the wrapper that checked LEASE out
+CHECKED_OUT_BY = "_autopool_checked_out_by"  # id() of the wrapper that checked FAIRY out
 HOLDER = "_autopool_holder"  # the _Lease the pool's abandoned-connection scan watches
 HOME = "_autopool_home"  # the _Lease of checkouts from the wrapper's own thread/greenlet
 INIT = "autopool_initialized"  # record.info key: this dbapi connection is set up
@@ -67,8 +67,8 @@ def get_new_connection(wrapped: Any, instance: Any, args: tuple[Any, ...], kwarg
     if getpid() != fork.pid:  # forked without Python's at-fork handlers (uWSGI): fork.py
         fork.after_in_child()
     d = instance.__dict__
-    stale = d.pop(LEASE, None)
-    if stale is not None and d.get(OWNER) == id(instance):
+    stale = d.pop(FAIRY, None)
+    if stale is not None and d.get(CHECKED_OUT_BY) == id(instance):
         # The previous connection was dropped without close() (e.g.
         # ``connection.connection = None``): its state is unknown. (A shallow
         # copy's inherited lease is the original's business: left alone.)
@@ -89,17 +89,17 @@ def get_new_connection(wrapped: Any, instance: Any, args: tuple[Any, ...], kwarg
     conn = fairy.dbapi_connection
     rec = fairy._connection_record
     rec.__dict__[LEASED] = True
-    fairy.__dict__[OWNER_ATTR] = _lease_owner(instance)
-    d[LEASE] = fairy
-    d[OWNER] = id(instance)
+    fairy.__dict__[FAIRY_OWNER_ATTR] = _lease_owner(instance)
+    d[FAIRY] = fairy
+    d[CHECKED_OUT_BY] = id(instance)
     d[REUSED] = rec.info.get(INIT) is conn
     if entry.config.reset_session and SETUP not in rec.info:
         try:
             # Reads the login role: a round trip, once per physical connection.
             rec.info[SETUP] = entry.driver.session_setup(conn, conn_params)
         except BaseException:
-            d.pop(LEASE, None)
-            d.pop(OWNER, None)
+            d.pop(FAIRY, None)
+            d.pop(CHECKED_OUT_BY, None)
             d.pop(REUSED, None)
             d.pop(HOLDER, None)
             discard(fairy)  # never half set up in the pool
@@ -180,7 +180,7 @@ def init_connection_state(wrapped: Any, instance: Any, args: tuple[Any, ...], kw
     if d.pop(REUSED, False):
         return None
     result = wrapped(*args, **kwargs)
-    fairy = d.get(LEASE)
+    fairy = d.get(FAIRY)
     if fairy is not None and fairy.dbapi_connection is instance.connection:
         fairy._connection_record.info[INIT] = instance.connection
         entry = fairy._pool.autopool_entry
@@ -190,7 +190,7 @@ def init_connection_state(wrapped: Any, instance: Any, args: tuple[Any, ...], kw
 
 
 def set_autocommit(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if LEASE in instance.__dict__:
+    if FAIRY in instance.__dict__:
         autocommit = args[0] if args else kwargs["autocommit"]
         try:
             # Read from the server status of the last reply: no round trip.
@@ -207,7 +207,7 @@ def _with_flag(flag: str) -> Any:
 
     def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         d = instance.__dict__
-        if LEASE not in d:
+        if FAIRY not in d:
             return wrapped(*args, **kwargs)
         d[flag] = True
         try:
@@ -228,11 +228,11 @@ close_if_health_check_failed = _with_flag(DISTRUST)
 def close_dbapi_connection(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Django's ``_close()`` (closes the DB-API connection): a leased connection goes back to its pool."""
     d = instance.__dict__
-    if LEASE not in d:
+    if FAIRY not in d:
         return wrapped(*args, **kwargs)
     if getpid() != fork.pid:  # leased before a fork that ran no at-fork handler (uWSGI): fork.py
         fork.after_in_child()
-        if LEASE not in d:  # the reset let go of it: nothing of this process to close
+        if FAIRY not in d:  # the reset let go of it: nothing of this process to close
             return wrapped(*args, **kwargs)
     try:
         return _close_leased(wrapped, instance, args, kwargs)
@@ -244,14 +244,14 @@ def close_dbapi_connection(wrapped: Any, instance: Any, args: tuple[Any, ...], k
 
 def _close_leased(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     d = instance.__dict__
-    fairy = d.pop(LEASE)
+    fairy = d.pop(FAIRY)
     d.pop(REUSED, None)
     if fairy._connection_record is None:
         # The pool reclaimed this checkout as abandoned and closed its
         # connection already: nothing left to return or close.
-        d.pop(OWNER, None)
+        d.pop(CHECKED_OUT_BY, None)
         return None
-    if d.pop(OWNER, None) != id(instance):
+    if d.pop(CHECKED_OUT_BY, None) != id(instance):
         # A shallow copy (``copy.copy(connection)``, as Django's own tests
         # make) shares the original wrapper's lease and DB-API connection.
         # Pooling it would hand a connection the original still uses to the
@@ -283,7 +283,7 @@ def release(instance: Any, fairy: Any) -> None:
         # reset nor pool it: let go of it (SQLAlchemy's detach()).
         fairy.detach()
         return
-    if entry.hosts is not None and entry.hosts.stale(rec):
+    if entry.host_set is not None and entry.host_set.stale(rec):
         # Multi-host alias: this connection's host went down, or traffic
         # failed back to an earlier host, while it was checked out.
         discard(fairy)
@@ -398,12 +398,12 @@ def database_error_exit(wrapped: Any, instance: Any, args: tuple[Any, ...], kwar
     """
     exc_value = args[1] if len(args) > 1 else kwargs.get("exc_value")
     if exc_value is not None:
-        fairy = getattr(instance.wrapper, "__dict__", {}).get(LEASE)
+        fairy = getattr(instance.wrapper, "__dict__", {}).get(FAIRY)
         if fairy is not None:
             entry = getattr(fairy._pool, "autopool_entry", None)
-            if entry is not None and entry.hosts is not None:
+            if entry is not None and entry.host_set is not None:
                 try:
-                    entry.hosts.on_error(fairy._connection_record, exc_value)
+                    entry.host_set.on_error(fairy._connection_record, exc_value)
                 except Exception:  # noqa: BLE001 - never replace the request's own error
                     logger.exception("failover bookkeeping failed for %r", entry.alias)
     return wrapped(*args, **kwargs)

@@ -2,7 +2,7 @@
 
 A checkout made through Django carries two marks (set by ``hooks.py``): the
 record's ``LEASED_ATTR`` (Django holds it; a garbage-collected wrapper that
-never released it left its state unknown) and the fairy's ``OWNER_ATTR`` (a
+never released it left its state unknown) and the fairy's ``FAIRY_OWNER_ATTR`` (a
 weak reference to the owner, whose ``dead`` or ``is_alive()`` says whether the
 connection was abandoned). The pool's scan (``QueuePool.reclaim_abandoned``)
 asks :func:`take_abandoned` about each checked-out record.
@@ -25,7 +25,7 @@ except ImportError:  # pragma: no cover - greenlet ships with SQLAlchemy on most
 # Record attribute set while Django holds the connection (see hooks.py).
 LEASED_ATTR = "_autopool_leased"
 # Fairy attribute: a weak reference to the checkout's owner.
-OWNER_ATTR = "_autopool_owner"
+FAIRY_OWNER_ATTR = "_autopool_fairy_owner"
 
 
 def current_owner() -> weakref.ref[Any]:
@@ -57,7 +57,7 @@ def take_abandoned(rec: ConnectionPoolEntry) -> bool:
     # The owner lives on the fairy, which is created per checkout: a record
     # returned and checked out again meanwhile has a new fairy, so an old
     # owner can never condemn a new checkout.
-    owner = fairy.__dict__.get(OWNER_ATTR) if fairy is not None else None
+    owner = fairy.__dict__.get(FAIRY_OWNER_ATTR) if fairy is not None else None
     if owner is None or not owner_dead(owner):
         return False
     if not _detach_fairy(rec, ref, fairy):

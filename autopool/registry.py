@@ -58,7 +58,7 @@ class PoolEntry:
         "server_data",
         "inherited",
         "counters",
-        "hosts",
+        "host_set",
         "__weakref__",
     )
 
@@ -79,7 +79,7 @@ class PoolEntry:
         self.inherited = False
         self.counters = pool.counters
         # A multi-host alias's hosts.HostSet (POOL["hosts"]), else None.
-        self.hosts: Any = None
+        self.host_set: HostSet | None = None
 
     def __repr__(self) -> str:
         p = self.params
@@ -156,7 +156,7 @@ def create(
         pool.autopool_entry = entry
         if hostset is not None:
             hostset.attach(pool)
-            entry.hosts = hostset
+            entry.host_set = hostset
         _pools[(alias, key)] = entry
     for old in stale_entries:
         logger.info("connection parameters of %r changed; closing its previous pool", alias)
@@ -243,9 +243,9 @@ def entries(alias: str | None = None) -> Iterator[PoolEntry]:
 
 def _close_entry(entry: PoolEntry) -> None:
     housekeeping.unregister(entry.pool)
-    if entry.hosts is not None:
-        housekeeping.unregister(entry.hosts)
-        entry.hosts.detach()
+    if entry.host_set is not None:
+        housekeeping.unregister(entry.host_set)
+        entry.host_set.detach()
     close = getattr(entry.pool, "close", None)
     if close is not None and isinstance(entry.pool, QueuePool):
         close()
@@ -288,7 +288,7 @@ def forget_after_fork() -> None:
     _lock = threading.Lock()
     for entry in _pools.values():
         entry.inherited = True
-        if entry.hosts is not None:
-            entry.hosts.detach()
+        if entry.host_set is not None:
+            entry.host_set.detach()
     _pools.clear()
     _last_keys.clear()

@@ -117,7 +117,7 @@ def connect(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str
 def _set_mode(instance: Any, d: dict[str, Any]) -> None:
     """Decide from the pool just checked out whether this wrapper is in transaction mode."""
     d.pop(PARKED, None)
-    fairy = d.get(LEASE)
+    fairy = d.get(FAIRY)
     cfg = getattr(getattr(fairy._pool, "autopool_entry", None), "config", None) if fairy is not None else None
     if cfg is not None and getattr(cfg, "pool_mode", None) == TRANSACTION:
         state = d.get(TX)
@@ -306,17 +306,17 @@ def _park_if_idle(db: Any, d: dict[str, Any], state: _TxState, healthy: bool = T
 
 def _park(db: Any, d: dict[str, Any], state: _TxState, healthy: bool) -> None:
     """Give the connection back (or discard it) and leave the wrapper parked."""
-    fairy = d.get(LEASE)
+    fairy = d.get(FAIRY)
     conn = db.connection
-    if fairy is None or fairy.dbapi_connection is not conn or d.get(OWNER) != id(db):
+    if fairy is None or fairy.dbapi_connection is not conn or d.get(CHECKED_OUT_BY) != id(db):
         # Not a checkout of this wrapper (code replaced the connection, or a
         # shallow copy): left to close() as in request mode.
         return
     _detach(state)
     state.stream = None
     state.token = 0
-    del d[LEASE]
-    d.pop(OWNER, None)
+    del d[FAIRY]
+    d.pop(CHECKED_OUT_BY, None)
     d.pop(REUSED, None)
     db.connection = None
     d[PARKED] = True
@@ -360,7 +360,7 @@ def _after_statement(db: Any, cursor: Any) -> int:
 
 def _server_status(db: Any) -> int | None:
     """The server status flags of the last reply (no round trip), None if the driver cannot tell."""
-    fairy = db.__dict__.get(LEASE)
+    fairy = db.__dict__.get(FAIRY)
     if fairy is None:
         return None
     try:
@@ -533,6 +533,6 @@ PATCHES = (
     ("make_debug_cursor", make_debug_cursor),
 )
 
-LEASE = hooks.LEASE
-OWNER = hooks.OWNER
+FAIRY = hooks.FAIRY
+CHECKED_OUT_BY = hooks.CHECKED_OUT_BY
 REUSED = hooks.REUSED

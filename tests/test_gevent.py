@@ -107,7 +107,7 @@ def test_a_pymysql_connection_used_by_two_threads_fails_both(mariadb):
     try:
         # The first thread is inside its query once it owns the connection and the server runs it.
         deadline = time.monotonic() + 10
-        while conn._autopool_owner is None or not any(
+        while conn._autopool_in_command is None or not any(
                 "SLEEP(5)" in str(value) for row in mariadb.execute("SHOW PROCESSLIST") for value in row):
             assert time.monotonic() < deadline, "the first query never started"
             time.sleep(0.01)

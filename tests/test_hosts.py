@@ -75,9 +75,9 @@ def entry_of(alias: str) -> Any:
 
 def served_by(conn: Any) -> int:
     """Index of the host behind the connection the wrapper holds now (from the pool record)."""
-    from autopool.hooks import LEASE
+    from autopool.hooks import FAIRY
 
-    return conn.__dict__[LEASE]._connection_record.info[hosts_mod.HOST_KEY][0]
+    return conn.__dict__[FAIRY]._connection_record.info[hosts_mod.HOST_KEY][0]
 
 
 def served_by_next(conn: Any) -> int:
@@ -225,7 +225,7 @@ def test_a_connection_checked_out_when_its_host_fails_is_not_pooled(server: Any,
     with multi_alias("mh_out", [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"]) as conn:
         conn.ensure_connection()
         assert served_by(conn) == 0
-        hs = entry_of("mh_out").hosts
+        hs = entry_of("mh_out").host_set
         hs.mark_down(hs.hosts[0], "test: marked down")
         # Still usable (the host was only declared down), but it must not go back to the pool.
         with conn.cursor() as cur:
