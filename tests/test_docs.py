@@ -353,3 +353,18 @@ def test_install_lines_name_the_distribution_and_its_extras():
                 assert not unknown, f"{where}: {line!r}: no extra {unknown} in setup.py"
     assert found >= 5
     assert "pymysql.install_as_MySQLdb()" in README and "gunicorn[gevent]" in README
+
+
+def test_the_package_check_tries_every_install_line():
+    """scripts/package_check.sh runs tests/install_lines.py: it must find every line the pages show."""
+    import shlex
+
+    from tests.install_lines import documented_lines
+
+    tried = [args for _, args in documented_lines()]
+    shown = re.findall(r"^ +(pip install .*)$", README + page("install.rst"), re.M)
+    shown += re.findall(r"``(pip install [^`]+)``", page("install.rst"))
+    for line in shown:
+        args = shlex.split(line, comments=True)[2:]
+        assert any(t[-len(args):] == args for t in tried), f"install line not tried: {line}"
+    assert len(shown) >= 12 and len(tried) >= 10
