@@ -338,7 +338,7 @@ IN_COMMAND_ATTR = "_autopool_in_command"  # PyMySQL: the greenlet or thread insi
 try:
     from greenlet import getcurrent as _current
 except ImportError:  # no greenlet: threads are the only concurrency
-    from threading import get_ident as _current
+    from threading import current_thread as _current  # one object per thread: compared with `is`
 
 
 class ConcurrentUseError(RuntimeError):

@@ -214,3 +214,59 @@ def test_first_connects_in_pool_threads_touch_no_gevent_primitive(scenario):
     r = scenario("first_connects", greenlets=20)
     assert r["done"] == 20, "".join(r["stacks"][0]) if r["stacks"] else r
     assert r["hubs_in_pool_threads"] == 0, "".join(r["stacks"][0])
+
+
+NO_GREENLET_SCRIPT = r"""
+import json, sys, threading
+sys.modules["greenlet"] = None  # as on a machine where greenlet is not installed
+import pymysql
+pymysql.install_as_MySQLdb()
+import django
+from django.conf import settings
+from tests.mariadb import Server
+import autopool
+
+srv = Server.from_env_or_start()
+autopool.install()
+settings.configure(DATABASES={"default": {
+    "ENGINE": "django.db.backends.mysql", "HOST": srv.host, "PORT": str(srv.port), "USER": srv.user,
+    "PASSWORD": srv.password, "NAME": "", "POOL": {"pool_size": 2, "max_overflow": 0}}})
+django.setup()
+from django.db import connection
+
+results = []
+
+def request(n):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT %s", [n])
+        results.append(cursor.fetchone()[0])
+    connection.close()
+
+request(1)
+request(2)  # the same thread again, on the pooled connection
+threads = [threading.Thread(target=request, args=(n,)) for n in (3, 4, 5)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join(30)
+print(json.dumps({"results": sorted(results), "greenlet": "greenlet" in sys.modules and sys.modules["greenlet"] is not None,
+                  "checkouts": autopool.stats("default")[0]["checkouts"]}))
+"""
+
+
+@pytest.mark.skipif(djsettings.DRIVER != "pymysql", reason="PyMySQL's in-use guard; mysqlclient has none")
+def test_pymysql_without_greenlet_serves_every_thread(mariadb):
+    # greenlet is optional (SQLAlchemy 2.1 does not require it): the guard must then tell threads
+    # apart by an identity that is stable per thread (get_ident() returns a new int object each call).
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, **mariadb.env())
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", NO_GREENLET_SCRIPT], capture_output=True, text=True, env=env,
+                          timeout=120, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {"results": [1, 2, 3, 4, 5], "greenlet": False, "checkouts": 5}, out
