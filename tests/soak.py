@@ -340,7 +340,10 @@ class Soak:
         pools = {e.alias: e.pool for e in registry.entries()}
         states = {alias: {"opened": p.opened(), "idle": p.checkedin(), "checked_out": p.checkedout(),
                           "waiting": p.waiting(), "counters": p.counters.as_dict()} for alias, p in pools.items()}
-        opened = sum(p.opened() for p in pools.values())
+        # Live connections: an invalidated entry stays in its pool without one until its next
+        # checkout reconnects it (SQLAlchemy's rule), so opened() may count one more than the server.
+        opened = sum(1 for p in pools.values() for records in p.connection_records()
+                     for rec in records if rec.dbapi_connection is not None)
 
         def server_sessions() -> int:
             return int(self.server.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST "
