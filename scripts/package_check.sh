@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Build the sdist and wheel, check them with twine, install the wheel into a fresh virtualenv
 # outside the source tree, and run the core integration tests against the installed package.
+# Then every pip line of README.rst and docs/install.rst, as written (the wheel standing in for
+# the distribution name), each in its own fresh virtualenv with a smoke test (tests/install_lines.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -31,3 +33,6 @@ assert os.path.exists(os.path.join(os.path.dirname(autopool.__file__), "py.typed
 print("package: django-mysql-autopool", autopool.__version__, "from", os.path.dirname(autopool.__file__))
 PY
 "$WORK/venv/bin/python" -m pytest tests/test_core.py tests/test_config.py tests/test_overhead.py -q -p no:cacheprovider
+echo "package: the documented install lines, each in a fresh virtualenv"
+cd "$ROOT"
+$PY -m tests.install_lines "$whl" "$WORK"
