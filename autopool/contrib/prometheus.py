@@ -40,6 +40,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
         "pip install prometheus_client (or pip install 'django-mysql-autopool[prometheus]')"
     ) from exc
 
+from .. import counters
 from ..counters import DESCRIPTIONS
 
 PREFIX = "autopool"
@@ -56,23 +57,9 @@ GAUGES: tuple[tuple[str, str, str], ...] = (
     ("core_size", "core_size", "Connections never retired (the elastic pool's core; else pool_size)."),
     ("wait_time_max", "wait_seconds_max", DESCRIPTIONS["wait_time_max"]),
 )
-COUNTERS: tuple[tuple[str, str, str], ...] = tuple(
-    (key, key, DESCRIPTIONS[key])
-    for key in (
-        "connections_opened",
-        "connections_closed",
-        "connections_invalidated",
-        "connections_recycled",
-        "connections_retired",
-        "checkouts",
-        "waits",
-        "timeouts",
-        "too_many_waiters",
-        "rollbacks_on_return",
-        "session_resets",
-        "leaks",
-    )
-) + (("wait_time_total", "wait_seconds", DESCRIPTIONS["wait_time_total"]),)
+COUNTERS: tuple[tuple[str, str, str], ...] = tuple((key, key, DESCRIPTIONS[key]) for key in counters.COUNTERS) + (
+    ("wait_time_total", "wait_seconds", DESCRIPTIONS["wait_time_total"]),
+)
 
 LABELS = ("alias", "database")
 
