@@ -9,41 +9,21 @@
 """
 from __future__ import annotations
 
-import contextlib
-import copy
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
-from django.db import OperationalError, connections
+from django.db import OperationalError
 
 import autopool
 from autopool import housekeeping, registry
 from tests import djsettings
 from tests.mariadb import Server
 from tests.scenario_main import wait_until
+from tests.test_session_state import pooled
 
 DB = djsettings.DB_NAME
-
-
-@contextlib.contextmanager
-def pooled(alias: str, server: Server, pool: Any, **overrides: Any) -> Iterator[Any]:
-    entry = copy.deepcopy(connections.settings["default"])
-    entry.update(HOST=server.host, PORT=str(server.port), USER=server.user, PASSWORD=server.password,
-                 NAME=DB, POOL=pool)
-    entry.update(overrides)
-    connections.settings[alias] = entry
-    try:
-        yield connections[alias]
-    finally:
-        with contextlib.suppress(Exception):
-            connections[alias].close()
-        with contextlib.suppress(Exception):
-            del connections[alias]
-        del connections.settings[alias]
-        autopool.dispose(alias)
 
 
 def one(conn: Any, sql: str) -> Any:
