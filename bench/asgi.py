@@ -3,7 +3,7 @@
 
 From the repository root::
 
-    python -m bench.asgi               # 3 repetitions of 10 s per run (~5 minutes)
+    python -m bench.asgi               # 3 repetitions of 10 s per run (~10 minutes)
     python -m bench.asgi --quick       # one repetition of 5 s
     python -m bench.run --asgi         # the same, from the main benchmark script
 
@@ -12,9 +12,14 @@ A throw-away MariaDB (``tests/mariadb.py``) with the example database seeded
 ``uvicorn example_project.asgi:application`` (one process) on a free loopback
 port, loaded with ``wrk -c 50 -t 2`` for the duration. Workloads: a one-row
 ORM SELECT through the async API (``/async/item/<id>``: ``aget``) and through a
-sync view (``/item/<id>``), random ids. Configurations: stock
+sync view (``/item/<id>``), random ids; and ``qwq``, an async view that
+awaits ``aget()``, ``asyncio.sleep(0.05)``, ``aget()``
+(``/async/tx/query-wait-query``) under ``wrk -c 100``. Configurations: stock
 ``CONN_MAX_AGE=0`` (a connection per request), stock persistent
-(``CONN_MAX_AGE=None``) and autopool (``pool_size=10, max_overflow=0``).
+(``CONN_MAX_AGE=None``), autopool (``pool_size=10, max_overflow=0``) and, on
+qwq, autopool with ``pool_mode="transaction"`` (and both autopool modes on
+``qwq200``, the same view waiting 200 ms). The stock ones run after
+autopool's (``bench.run.schedule``).
 
 Measured on the server by a side connection: peak sessions
 (``Threads_connected`` sampled every 50 ms, minus the baseline), sessions still
@@ -49,21 +54,58 @@ THREADS = 2
 POOL_SIZE = 10
 LEAK_WAIT = 5.0
 
+TX_CONNECTIONS = 100  # the qwq workload's clients, as bench/txmode.py's
+
+
+@dataclass(frozen=True)
+class Config:
+    mode: str  # EXAMPLE_MODE
+    label: str
+    pool_options: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Workload:
+    path: str  # a prefix completed by a random id, or (fixed) the whole path
+    label: str
+    connections: int = CONNECTIONS
+    fixed: bool = False
+
+
 CONFIGS = {
-    "stock": ("stock", "stock CONN_MAX_AGE=0"),
-    "persistent": ("persistent", "stock persistent (CONN_MAX_AGE=None)"),
-    "autopool": ("autopool", f"autopool pool_size={POOL_SIZE}, max_overflow=0"),
+    "stock": Config("stock", "stock CONN_MAX_AGE=0"),
+    "persistent": Config("persistent", "stock persistent (CONN_MAX_AGE=None)"),
+    "autopool": Config("autopool", f"autopool pool_size={POOL_SIZE}, max_overflow=0"),
+    "autopool-tx": Config("autopool", f"autopool pool_size={POOL_SIZE}, max_overflow=0, pool_mode='transaction'",
+                          {"pool_mode": "transaction"}),
 }
 WORKLOADS = {
-    "async": ("/async/item/", "async view, aget() (one SELECT)"),
-    "sync": ("/item/", "sync view, get() (one SELECT)"),
+    "async": Workload("/async/item/", "async view, aget() (one SELECT)"),
+    "sync": Workload("/item/", "sync view, get() (one SELECT)"),
+    "qwq": Workload("/async/tx/query-wait-query?ms=50",
+                    f"async view: aget(), await asyncio.sleep(0.05), aget() ({TX_CONNECTIONS} clients)",
+                    TX_CONNECTIONS, fixed=True),
+    # The same with a 200 ms wait: request mode's cap (pool_size / hold time) falls fourfold, while
+    # transaction mode's limit, one uvicorn process's CPU, stays where it was.
+    "qwq200": Workload("/async/tx/query-wait-query?ms=200",
+                       f"async view: aget(), await asyncio.sleep(0.2), aget() ({TX_CONNECTIONS} clients)",
+                       TX_CONNECTIONS, fixed=True),
 }
+# Which configurations run which workload: transaction mode where it can help.
+PLAN = {"async": ("stock", "persistent", "autopool"), "sync": ("stock", "persistent", "autopool"),
+        "qwq": ("stock", "persistent", "autopool", "autopool-tx"), "qwq200": ("autopool", "autopool-tx")}
+# Under ASGI both stock configurations open a server session per request (see the module docstring).
+CHURNS = ("stock", "persistent")
 
 LUA = r"""
 local prefix = "__PREFIX__"
 local max_id = __MAX_ID__
+local fixed = __FIXED__
 function init(args) math.randomseed(os.time() + (tonumber(tostring({}):sub(8)) or 0)) end
-request = function() return wrk.format("GET", prefix .. math.random(1, max_id)) end
+request = function()
+  if fixed then return wrk.format("GET", prefix) end
+  return wrk.format("GET", prefix .. math.random(1, max_id))
+end
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format('WRKJSON {"requests": %d, "duration_us": %d, "errors": %d, "status": %d, ' ..
@@ -92,9 +134,12 @@ class Result:
     note: str = ""
 
 
-def start_uvicorn(server: Server, mode: str, log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_uvicorn(server: Server, mode: str, log_path: Path,
+                  pool_options: dict[str, Any] | None = None) -> tuple[subprocess.Popen[bytes], int]:
     env = base.server_env(server)
     env.update(EXAMPLE_MODE=mode, EXAMPLE_DRIVER="mysqlclient", EXAMPLE_POOL_SIZE=str(POOL_SIZE))
+    if pool_options:
+        env["EXAMPLE_POOL_OPTIONS"] = json.dumps(pool_options)
     for _ in range(5):
         port = free_port()
         cmd = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
@@ -127,8 +172,8 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             pass
 
 
-def run_wrk(port: int, script: Path, seconds: int) -> dict[str, Any]:
-    cmd = [shutil.which("wrk") or "wrk", "-c", str(CONNECTIONS), "-t", str(THREADS), "-d", f"{seconds}s",
+def run_wrk(port: int, script: Path, seconds: int, connections: int = CONNECTIONS) -> dict[str, Any]:
+    cmd = [shutil.which("wrk") or "wrk", "-c", str(connections), "-t", str(THREADS), "-d", f"{seconds}s",
            "--timeout", "10s", "-s", str(script), f"http://127.0.0.1:{port}/"]
     out = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=seconds + 60).stdout.decode()
     for line in out.splitlines():
@@ -143,22 +188,25 @@ def one_run(server: Server, monitor: base.Monitor, config: str, workload: str, r
     leftover = monitor.wait_baseline()
     if leftover:
         res.note = f"{leftover} session(s) of an earlier run still open; "
-    proc, port = start_uvicorn(server, CONFIGS[config][0], tmp / f"uvicorn-{config}.log")
+    cfg, wl = CONFIGS[config], WORKLOADS[workload]
+    proc, port = start_uvicorn(server, cfg.mode, tmp / f"uvicorn-{config}.log", cfg.pool_options)
     try:
-        prefix = WORKLOADS[workload][0]
         for i in range(20):  # warm-up: code paths loaded, the pool (if any) opened
-            status, _ = base.http_get(port, f"{prefix}{i + 1}", timeout=30)
+            path = wl.path if wl.fixed else f"{wl.path}{i + 1}"
+            status, _ = base.http_get(port, path, timeout=30)
             if status != 200:
-                raise RuntimeError(f"warm-up {prefix}{i + 1} answered {status}")
+                raise RuntimeError(f"warm-up {path} answered {status}")
         script = tmp / f"wrk-{workload}.lua"
-        script.write_text(LUA.replace("__PREFIX__", prefix).replace("__MAX_ID__", str(base.SEED_ROWS)))
-        run_wrk(port, script, 1)  # warm-up under load: the pool grows to its size before the counters start
+        script.write_text(LUA.replace("__PREFIX__", wl.path).replace("__MAX_ID__", str(base.SEED_ROWS))
+                          .replace("__FIXED__", "true" if wl.fixed else "false"))
+        # Warm-up under load: the pool grows to its size before the counters start.
+        run_wrk(port, script, 1, wl.connections)
         server_pids = [server.pid] if server.pid else []
         ucpu0, scpu0 = base.cpu_seconds([proc.pid]), base.cpu_seconds(server_pids)
         q0, a0, c0 = monitor.counters()
         monitor.start_sampling()
         try:
-            w = run_wrk(port, script, seconds)
+            w = run_wrk(port, script, seconds, wl.connections)
         finally:
             res.peak_sessions = monitor.stop_sampling()
         q1, a1, c1 = monitor.counters()
@@ -183,30 +231,62 @@ def one_run(server: Server, monitor: base.Monitor, config: str, workload: str, r
     return res
 
 
-def summary(results: list[Result], configs: list[str], workloads: list[str]) -> str:
+def summary(results: list[Result], plan: list[tuple[str, list[str]]]) -> str:
+    """The table (medians over repetitions; sessions and commands min-max) and the targets' verdicts."""
     lines = ["| workload | configuration | req/s | vs stock | p99 ms | peak sessions | sessions 5 s after "
-             "| new connections/req | commands/req | uvicorn CPU ms/req | MariaDB CPU ms/req | errors |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for wk in workloads:
-        base_rps = statistics.median([r.rps for r in results if r.workload == wk and r.config == "stock"] or [0])
+             "| new connections/req | commands/req | uvicorn CPU ms/req | uvicorn CPU vs stock | MariaDB CPU ms/req "
+             "| errors |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    med: dict[tuple[str, str], dict[str, float]] = {}
+    for wk, configs in plan:
+        for ck in configs:
+            rs = [r for r in results if r.workload == wk and r.config == ck]
+            if rs:
+                med[(wk, ck)] = {"rps": statistics.median(r.rps for r in rs),
+                                 "cpu": statistics.median(r.uvicorn_cpu_ms_per_request for r in rs)}
+    verdicts = []
+    for wk, configs in plan:
+        stock = med.get((wk, "stock"))
         for ck in configs:
             rs = [r for r in results if r.workload == wk and r.config == ck]
             if not rs:
                 continue
-            rps = statistics.median(r.rps for r in rs)
+            m = med[(wk, ck)]
             reqs = sum(r.requests for r in rs)
             lines.append(
-                f"| {WORKLOADS[wk][1]} | {CONFIGS[ck][1]} | {rps:,.0f} "
-                f"| {rps / base_rps if base_rps else float('nan'):.2f}x "
+                f"| {WORKLOADS[wk].label} | {CONFIGS[ck].label} | {m['rps']:,.0f} "
+                f"| {m['rps'] / stock['rps'] if stock else float('nan'):.2f}x "
                 f"| {statistics.median(r.p99_ms for r in rs):.1f} "
                 f"| {min(r.peak_sessions for r in rs)}-{max(r.peak_sessions for r in rs)} "
                 f"| {min(r.leftover_sessions for r in rs)}-{max(r.leftover_sessions for r in rs)} "
                 f"| {sum(r.new_connections for r in rs) / reqs if reqs else float('nan'):.3f} "
                 f"| {min(r.commands_per_request for r in rs):.2f}-{max(r.commands_per_request for r in rs):.2f} "
-                f"| {statistics.median(r.uvicorn_cpu_ms_per_request for r in rs):.2f} "
+                f"| {m['cpu']:.2f} | {stock['cpu'] / m['cpu'] if stock else float('nan'):.2f}x "
                 f"| {statistics.median(r.server_cpu_ms_per_request for r in rs):.2f} "
                 f"| {sum(r.errors for r in rs)} |")
-    return "\n".join(lines)
+            if ck.startswith("autopool"):
+                verdicts.append(_verdict(wk, ck, rs, m, stock, med.get((wk, "autopool"))))
+    return "\n".join(lines + [""] + [v for v in verdicts if v])
+
+
+def _verdict(wk: str, ck: str, rs: list[Result], m: dict[str, float], stock: dict[str, float] | None,
+             request_mode: dict[str, float] | None) -> str:
+    """Issue 18's target for autopool on the one-SELECT workloads; issue 20's for transaction mode on qwq."""
+    peak = max(r.peak_sessions for r in rs)
+    cpr = max(r.commands_per_request for r in rs)
+    errors = sum(r.errors for r in rs)
+    if not wk.startswith("qwq") and stock:
+        gain = m["rps"] / stock["rps"]
+        ok = gain >= 1.2 and peak <= POOL_SIZE and cpr <= 1.05 and not errors
+        return (f"- {WORKLOADS[wk].label}, {ck}: {gain:.2f}x stock CONN_MAX_AGE=0 req/s (target >= 1.2x; uvicorn "
+                f"CPU per request {stock['cpu'] / m['cpu']:.2f}x lower), peak sessions {peak} (<= {POOL_SIZE}), "
+                f"{cpr:.2f} commands/request (<= 1.05), {errors} errors: {'MET' if ok else 'NOT MET'}")
+    if wk.startswith("qwq") and ck == "autopool-tx" and request_mode:
+        gain = m["rps"] / request_mode["rps"]
+        vs_stock = f", {m['rps'] / stock['rps']:.2f}x stock CONN_MAX_AGE=0" if stock else ""
+        return (f"- {WORKLOADS[wk].label}: transaction mode {gain:.2f}x request mode req/s{vs_stock}; peak sessions "
+                f"{peak} (<= {POOL_SIZE}), {cpr:.2f} commands/request, {errors} errors")
+    return ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,19 +322,16 @@ def main(argv: list[str] | None = None) -> int:
         base.prepare_database(server)
         monitor = base.Monitor(server)
         base.CLEANUP.push("monitor connection", monitor.close)
-        for rep in range(repeats):
-            for wk in workloads:
-                order = configs[rep % len(configs):] + configs[:rep % len(configs)]  # interleaved
-                for ck in order:
-                    r = one_run(server, monitor, ck, wk, rep, duration, tmp)
-                    results.append(r)
-                    base.log(f"    rep {rep + 1} {wk:<6} {ck:<11} {r.rps:8,.0f} req/s  p99 {r.p99_ms:7.1f} ms  "
-                             f"peak {r.peak_sessions:4}  after 5 s {r.leftover_sessions:4}  "
-                             f"commands/req {r.commands_per_request:5.2f}  cpu ms/req uvicorn "
-                             f"{r.uvicorn_cpu_ms_per_request:.2f} server {r.server_cpu_ms_per_request:.2f}  "
-                             f"errors {r.errors}  {r.note}")
-        write_report(Path(args.output), results, configs, workloads, duration, repeats, version, load_before,
-                     started)
+        plan = [(wk, [c for c in PLAN[wk] if c in configs]) for wk in workloads]
+        for rep, wk, ck in base.schedule(plan, repeats, lambda ck: ck in CHURNS):
+            r = one_run(server, monitor, ck, wk, rep, duration, tmp)
+            results.append(r)
+            base.log(f"    rep {rep + 1} {wk:<6} {ck:<11} {r.rps:8,.0f} req/s  p99 {r.p99_ms:7.1f} ms  "
+                     f"peak {r.peak_sessions:4}  after 5 s {r.leftover_sessions:4}  "
+                     f"commands/req {r.commands_per_request:5.2f}  cpu ms/req uvicorn "
+                     f"{r.uvicorn_cpu_ms_per_request:.2f} server {r.server_cpu_ms_per_request:.2f}  "
+                     f"errors {r.errors}  {r.note}")
+        write_report(Path(args.output), results, plan, duration, repeats, version, load_before, started)
         return 0
     except KeyboardInterrupt:
         print("\nbench asgi: interrupted; stopping what was started ...", file=sys.stderr)
@@ -263,16 +340,18 @@ def main(argv: list[str] | None = None) -> int:
         base.CLEANUP.run()
 
 
-def write_report(out: Path, results: list[Result], configs: list[str], workloads: list[str], duration: int,
+def write_report(out: Path, results: list[Result], plan: list[tuple[str, list[str]]], duration: int,
                  repeats: int, version: str, load_before: str, started: float) -> None:
     """The Markdown report and its JSON."""
     import uvicorn
 
-    table = summary(results, configs, workloads)
+    table = summary(results, plan)
     text = "\n".join([
             "# ASGI benchmark (bench/asgi.py)", "",
-        f"- uvicorn {uvicorn.__version__}, one process; `wrk -c {CONNECTIONS} -t {THREADS} -d {duration}s`; "
-        f"{repeats} repetition(s), configurations interleaved; mysqlclient; {version}.",
+        f"- uvicorn {uvicorn.__version__}, one process; `wrk -c {CONNECTIONS} -t {THREADS} -d {duration}s` "
+        f"(qwq: `-c {TX_CONNECTIONS}`); {repeats} repetition(s), configurations interleaved, the stock ones "
+        "(a server session per request under ASGI) after autopool's (bench/run.py's `schedule()`); "
+        f"mysqlclient; {version}.",
         f"- {base._versions()}",
         f"- Load average at the start: {load_before}; at the end: {base._loadavg()} (a busy machine "
         "lowers and scatters req/s; the session and command counts do not depend on it).",

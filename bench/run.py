@@ -3,7 +3,7 @@
 
 One command, from the repository root (``bench`` and ``tests`` are packages of it)::
 
-    python -m bench.run            # full run (about 12 minutes)
+    python -m bench.run            # full run (about 20 minutes)
     python -m bench.run --quick    # one short repetition (about 2 minutes)
     python -m bench.run --demo     # the README's demo: stock vs autopool, under a minute
 
@@ -13,9 +13,12 @@ and seeds it, then for every configuration and workload starts
 ``example_project`` under ``gunicorn -k gevent -w 1`` on a free loopback port,
 drives it with ``wrk -c 100 -t 2 --latency`` while a side connection samples
 ``Threads_connected`` every 50 ms, and reads the server's command counters
-before and after (the side connection's own statements excluded). Every
-configuration runs once per repetition, interleaved, each run on a fresh
-gunicorn. Results: ``bench/results/latest.md`` (+ ``.json``, + ``.png``, drawn
+before and after (the side connection's own statements excluded). Workloads:
+``/item/<id>`` (one query), the same with 1 ms think time, ``/sleep?ms=50``,
+and ``qwq`` (a query, 50 ms elsewhere, a query: request mode against
+``pool_mode="transaction"``). Every configuration runs once per repetition,
+interleaved, stock ``CONN_MAX_AGE=0`` runs after the others (``schedule()``),
+each run on a fresh gunicorn. Results: ``bench/results/latest.md`` (+ ``.json``, + ``.png``, drawn
 with matplotlib, which is installed into the running virtualenv if missing).
 Everything it started is stopped on exit, Ctrl-C or error.
 """
@@ -33,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +72,11 @@ CONFIGS: dict[str, Config] = {c.key: c for c in (
     Config("stock-pymysql", "stock", "pymysql", "stock CONN_MAX_AGE=0"),
     Config("persistent-pymysql", "persistent", "pymysql", "stock persistent (CONN_MAX_AGE=None)"),
     Config("autopool-pymysql", "autopool", "pymysql", f"autopool pool_size={POOL_SIZE}"),
+    # The qwq workload's: POOL["pool_mode"] = "transaction" (issue 20).
+    Config("autopool-tx", "autopool", "mysqlclient", f"autopool transaction mode, pool_size={POOL_SIZE}",
+           {"pool_mode": "transaction"}),
+    Config("autopool-tx-pymysql", "autopool", "pymysql", f"autopool transaction mode, pool_size={POOL_SIZE}",
+           {"pool_mode": "transaction"}),
     # Not run by default (--configs NAME,...): variants for investigating.
     Config("autopool-nocoop", "autopool", "mysqlclient", f"autopool pool_size={POOL_SIZE}, cooperative=False",
            {"cooperative": False}),
@@ -82,6 +91,11 @@ CONFIGS: dict[str, Config] = {c.key: c for c in (
            {"max_overflow": 10, "django_pool_class": "autopool.pool.DjangoQueuePool"}, pool_size=5),
 )}
 DEFAULT_CONFIGS = ["stock", "persistent", "autopool", "stock-pymysql", "persistent-pymysql", "autopool-pymysql"]
+# "query, 50 ms elsewhere, query": request mode, transaction mode, stock persistent and stock, per driver.
+QWQ_CONFIGS = ["autopool", "autopool-tx", "persistent", "stock",
+               "autopool-pymysql", "autopool-tx-pymysql", "persistent-pymysql", "stock-pymysql"]
+# Transaction mode / request mode on qwq that issue 20 asks for, per driver.
+QWQ_TARGETS = (("autopool-tx", "autopool", 4.0), ("autopool-tx-pymysql", "autopool-pymysql", 3.5))
 
 
 @dataclass(frozen=True)
@@ -97,10 +111,16 @@ WORKLOADS: dict[str, Workload] = {w.key: w for w in (
     Workload("item", "/item/<random id> (one query)", None),
     Workload("item-think", "/item/<random id>, 1 ms think time (wrk delay())", None, think_ms=1),
     Workload("sleep50", "/sleep?ms=50 (SELECT SLEEP(0.05))", "/sleep?ms=50"),
+    Workload("qwq", "/tx/query-wait-query?ms=50 (a query, 50 ms elsewhere, a query)", "/tx/query-wait-query?ms=50"),
     # Not in the default set: the quickstart regime's load, between pool_size (5) and the cap (15).
     Workload("item-c9", "/item/<random id>, 9 concurrent clients", None, connections=9),
 )}
-DEFAULT_WORKLOADS = ["item", "item-think", "sleep50"]
+DEFAULT_WORKLOADS = ["item", "item-think", "sleep50", "qwq"]
+Plan = list[tuple[str, list[str]]]  # (workload, the configurations run on it)
+
+
+def default_configs(workload: str) -> list[str]:
+    return list(QWQ_CONFIGS if workload == "qwq" else DEFAULT_CONFIGS)
 
 
 @dataclass
@@ -634,11 +654,11 @@ def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
 
-def aggregate(results: list[RunResult], configs: list[str], workloads: list[str]) -> dict[tuple[str, str], dict[str, Any]]:
+def aggregate(results: list[RunResult], plan: Plan) -> dict[tuple[str, str], dict[str, Any]]:
     out: dict[tuple[str, str], dict[str, Any]] = {}
     by = {(r.config, r.workload, r.rep): r for r in results}
     reps = sorted({r.rep for r in results})
-    for wk in workloads:
+    for wk, configs in plan:
         for ck in configs:
             rs = [r for r in results if r.config == ck and r.workload == wk]
             good = [r for r in rs if r.ok]
@@ -717,8 +737,15 @@ def targets(agg: dict[tuple[str, str], dict[str, Any]], micro: dict[str, Any] | 
             r = a["rps"]
             rows.append((f"{ck} /sleep?ms=50 with pool_size=10 >= 160 req/s (0.8 x 200)", fmt(r, 1),
                          verdict(None if r != r else r >= 160)))
+    for tx, req, need in QWQ_TARGETS:
+        a, b = agg.get((tx, "qwq")), agg.get((req, "qwq"))
+        if a and b:
+            r = ratio(a["rps"], b["rps"])
+            ok = None if r != r else (r >= need and a["peak"] <= POOL_SIZE and a["cpr"] <= 2.1 and not a["errors"])
+            rows.append((f"{tx} >= {need}x {req} req/s on qwq, peak conns <= {POOL_SIZE}, <= 2.1 commands/req, "
+                         "0 errors", f"{fmtx(r)}, {a['peak']}, {fmt(a['cpr'], 2)}, {a['errors']}", verdict(ok)))
     for ck in ("autopool", "autopool-pymysql"):
-        worst = [agg[(ck, wk)]["p99_max"] for wk in WORKLOADS if (ck, wk) in agg]
+        worst = [agg[(ck, wk)]["p99_max"] for wk in WORKLOADS if (ck, wk) in agg and wk != "qwq"]
         worst = [w for w in worst if w == w]
         if worst:
             rows.append((f"{ck} p99 <= 1 s (worst run, all workloads)", f"{fmt(max(worst), 1)} ms",
@@ -731,13 +758,12 @@ def targets(agg: dict[tuple[str, str], dict[str, Any]], micro: dict[str, Any] | 
     return rows
 
 
-def write_report(path: Path, results: list[RunResult], configs: list[str], workloads: list[str],
-                 args: argparse.Namespace, server_version: str, micro: dict[str, Any] | None,
-                 chart: str | None, elapsed: float) -> str:
-    agg = aggregate(results, configs, workloads)
+def write_report(path: Path, results: list[RunResult], plan: Plan, args: argparse.Namespace, server_version: str,
+                 micro: dict[str, Any] | None, chart: str | None, elapsed: float) -> str:
+    agg = aggregate(results, plan)
     reps = len({r.rep for r in results})
     lines = report_header(args, server_version, reps, elapsed)
-    for wk in workloads:
+    for wk, configs in plan:
         lines += workload_table(agg, wk, configs, reps)
     lines += ["## Targets", "", "| target | measured | verdict |", "|---|---:|---|"]
     for name, value, verdict in targets(agg, micro):
@@ -767,7 +793,8 @@ def report_header(args: argparse.Namespace, server_version: str, reps: int, elap
         "(anything above 0 besides this benchmark is other work competing for the same CPUs).",
         f"- Load: `wrk -c {CONNECTIONS} -t {THREADS} -d {args.duration}s --latency --timeout 10s` against "
         f"`gunicorn -k gevent -w 1 --worker-connections 1000` (one process), a fresh gunicorn per run, "
-        f"{reps} repetition(s) interleaved; wrk, gunicorn and MariaDB share the machine's CPUs.",
+        f"{reps} repetition(s) interleaved, stock CONN_MAX_AGE=0 runs after the others (`schedule()`); wrk, "
+        "gunicorn and MariaDB share the machine's CPUs.",
         f"- autopool: POOL = pool_size {POOL_SIZE}, max_overflow 0, timeout 30"
         + (f", plus {args.pool_options}" if args.pool_options else "") + "; CONN_MAX_AGE 0.",
         "- req/s counts responses with a 2xx/3xx status; values are medians over repetitions; ratios are "
@@ -902,18 +929,20 @@ def _pyplot() -> Any:
     return plt
 
 
-def make_chart(path: Path, results: list[RunResult], configs: list[str], workloads: list[str]) -> str | None:
+def make_chart(path: Path, results: list[RunResult], plan: Plan) -> str | None:
     plt = _pyplot()
     if plt is None:
         return None
-    agg = aggregate(results, configs, workloads)
+    agg = aggregate(results, plan)
+    workloads = [wk for wk, _ in plan]
+    configs = list(dict.fromkeys(ck for _, cks in plan for ck in cks))
     metrics = (("rps", "requests/s (higher is better)"), ("p99", "p99 latency, ms (lower is better)"),
                ("peak", "peak server connections"), ("cpr", "server commands per request"))
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4.5))
     width = 0.8 / max(len(configs), 1)
     for ax, (metric, title) in zip(axes, metrics):
         for i, ck in enumerate(configs):
-            vals = [agg[(ck, wk)][metric] for wk in workloads]
+            vals = [agg[(ck, wk)][metric] if (ck, wk) in agg else float("nan") for wk in workloads]
             vals = [0 if v != v else v for v in vals]
             xs = [j + (i - (len(configs) - 1) / 2) * width for j in range(len(workloads))]
             ax.bar(xs, vals, width, label=f"{ck}")
@@ -1004,7 +1033,7 @@ def quickstart_report(rows: list[dict[str, Any]], seconds: int) -> str:
 
 
 def demo_report(results: list[RunResult], configs: list[str]) -> str:
-    agg = aggregate(results, configs, ["item"])
+    agg = aggregate(results, [("item", configs)])
     rows = [("", "req/s", "p99 latency", "peak server conns", "commands/request", "new conns/request")]
     for ck in configs:
         a = agg[(ck, "item")]
@@ -1032,15 +1061,17 @@ def demo_report(results: list[RunResult], configs: list[str]) -> str:
     return "\n".join(out)
 
 
-def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], list[str]]:
-    """The options, with the defaults of the chosen mode filled in, and the configurations and workloads to run."""
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Plan]:
+    """The options, with the defaults of the chosen mode filled in, and the workloads to run with their
+    configurations."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one repetition of 5 s per run")
     parser.add_argument("--demo", action="store_true",
                         help="short demo: stock, stock persistent and autopool (mysqlclient) on /item, with progress bars")
     parser.add_argument("--duration", type=int, help="seconds of load per run (default 10, --quick 5, --demo 5)")
     parser.add_argument("--repeats", type=int, help="repetitions (default 3, --quick/--demo 1)")
-    parser.add_argument("--configs", help=f"comma-separated subset of {','.join(CONFIGS)}")
+    parser.add_argument("--configs", help=f"comma-separated subset of {','.join(CONFIGS)} (default: "
+                                          f"{','.join(DEFAULT_CONFIGS)}; for qwq {','.join(QWQ_CONFIGS)})")
     parser.add_argument("--workloads", help=f"comma-separated subset of {','.join(WORKLOADS)}")
     parser.add_argument("--pool-options", help='extra POOL options for the autopool configs, JSON, e.g. '
                                                '\'{"cooperative": true}\'')
@@ -1054,15 +1085,15 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], l
                                                             "--quick/--duration/--repeats apply)")
     args = parser.parse_args(argv)
     if args.asgi:
-        return args, [], []  # bench/asgi.py applies its own defaults
+        return args, []  # bench/asgi.py applies its own defaults
     if args.demo:
-        configs = ["stock", "persistent", "autopool"]
+        configs: list[str] | None = ["stock", "persistent", "autopool"]
         workloads = ["item"]
         args.duration = args.duration or 5
         args.repeats = args.repeats or 1
         args.no_micro = True
     else:
-        configs = list(DEFAULT_CONFIGS)
+        configs = None  # each workload's defaults
         workloads = list(DEFAULT_WORKLOADS)
         args.duration = args.duration or (5 if args.quick else 10)
         args.repeats = args.repeats or (1 if args.quick else 3)
@@ -1070,7 +1101,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], l
         configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     if args.workloads:
         workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
-    for c in configs:
+    for c in configs or ():
         if c not in CONFIGS:
             parser.error(f"unknown configuration {c!r}; choose from {', '.join(CONFIGS)}")
     for w in workloads:
@@ -1078,47 +1109,63 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], l
             parser.error(f"unknown workload {w!r}; choose from {', '.join(WORKLOADS)}")
     if args.pool_options:
         json.loads(args.pool_options)
-    return args, configs, workloads
+    return args, [(wk, list(configs) if configs else default_configs(wk)) for wk in workloads]
 
 
-def run_matrix(server: Server, monitor: Monitor, args: argparse.Namespace, configs: list[str],
-               workloads: list[str], tmp: Path, progress: bool) -> list[RunResult]:
-    """Every configuration on every workload, each repetition in a rotated order (interleaved runs)."""
+def schedule(plan: list[tuple[str, list[str]]], repeats: int, churns: Callable[[str], bool]) -> list[tuple[int, str, str]]:
+    """The order of the runs: ``(repetition, workload, configuration)``.
+
+    Configurations for which ``churns(name)`` is true (a new server session
+    per request: stock ``CONN_MAX_AGE=0``; under ASGI stock persistent too)
+    run after all the others. Runs right after one are slower for a minute
+    or two, whatever they run (measured here: transaction mode at 526, 563,
+    576, then 636 req/s in four runs after a stock PyMySQL run, 684 with none
+    before), so interleaving them would charge that to whichever
+    configuration happens to follow. Within each group, every repetition
+    rotates the order of the configurations.
+    """
+    order: list[tuple[int, str, str]] = []
+    for group in (False, True):
+        for rep in range(repeats):
+            for wk, configs in plan:
+                chosen = [c for c in configs if churns(c) == group]
+                k = rep % len(chosen) if chosen else 0
+                order += [(rep, wk, ck) for ck in chosen[k:] + chosen[:k]]
+    return order
+
+
+def run_matrix(server: Server, monitor: Monitor, args: argparse.Namespace, plan: list[tuple[str, list[str]]],
+               tmp: Path, progress: bool) -> list[RunResult]:
+    """Every workload of ``plan`` with its configurations, ``args.repeats`` times (``schedule``)."""
     results: list[RunResult] = []
-    total = len(configs) * len(workloads) * args.repeats
-    log(f"bench: {total} runs of {args.duration} s: configurations {', '.join(configs)}; "
-        f"workloads {', '.join(workloads)}; {args.repeats} repetition(s)")
-    n = 0
-    for rep in range(args.repeats):
-        for wk in workloads:
-            order = configs[rep % len(configs):] + configs[:rep % len(configs)]
-            for ck in order:
-                n += 1
-                cfg, workload = CONFIGS[ck], WORKLOADS[wk]
-                if not progress:
-                    log(f"bench: [{n}/{total}] rep {rep + 1} {wk} {ck} ...")
-                r = one_run(server, monitor, cfg, workload, rep, args.duration, tmp, progress,
-                            args.pool_options)
-                results.append(r)
-                log(f"    {ck:<20} {wk:<11} {fmt(r.rps):>7} req/s  p50 {fmt(r.p50_ms, 1):>7} ms  "
-                    f"p99 {fmt(r.p99_ms, 1):>7} ms  errors {r.errors:>5}  peak conns {r.peak_connections:>4}  "
-                    f"commands/req {fmt(r.commands_per_request, 2):>5}  "
-                    f"cpu ms/req {fmt(r.worker_cpu_ms_per_request, 3)}  {r.note}")
+    order = schedule(plan, args.repeats, lambda ck: CONFIGS[ck].mode == "stock")
+    total = len(order)
+    log(f"bench: {total} runs of {args.duration} s: "
+        + "; ".join(f"{wk}: {', '.join(configs)}" for wk, configs in plan)
+        + f"; {args.repeats} repetition(s), stock CONN_MAX_AGE=0 runs last")
+    for n, (rep, wk, ck) in enumerate(order, 1):
+        cfg, workload = CONFIGS[ck], WORKLOADS[wk]
+        if not progress:
+            log(f"bench: [{n}/{total}] rep {rep + 1} {wk} {ck} ...")
+        r = one_run(server, monitor, cfg, workload, rep, args.duration, tmp, progress, args.pool_options)
+        results.append(r)
+        log(f"    {ck:<20} {wk:<11} {fmt(r.rps):>7} req/s  p50 {fmt(r.p50_ms, 1):>7} ms  "
+            f"p99 {fmt(r.p99_ms, 1):>7} ms  errors {r.errors:>5}  peak conns {r.peak_connections:>4}  "
+            f"commands/req {fmt(r.commands_per_request, 2):>5}  "
+            f"cpu ms/req {fmt(r.worker_cpu_ms_per_request, 3)}  {r.note}")
     return results
 
 
-def write_outputs(results: list[RunResult], args: argparse.Namespace, configs: list[str], workloads: list[str],
-                  server_version: str, regime: list[dict[str, Any]] | None, micro: dict[str, Any] | None,
+def write_outputs(results: list[RunResult], args: argparse.Namespace, plan: Plan, server_version: str, regime: list[dict[str, Any]] | None, micro: dict[str, Any] | None,
                   started: float) -> None:
     """The Markdown report (with the quickstart regime's table), its JSON and its chart."""
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    chart = make_chart(out.with_suffix(".png"), results, configs, workloads)
+    chart = make_chart(out.with_suffix(".png"), results, plan)
     (out.with_suffix(".json")).write_text(json.dumps(
         {"args": vars(args), "results": [r.__dict__ for r in results], "micro": micro,
          "quickstart_regime": regime}, indent=1, default=str))
-    text = write_report(out, results, configs, workloads, args, server_version, micro, chart,
-                        time.monotonic() - started)
+    text = write_report(out, results, plan, args, server_version, micro, chart, time.monotonic() - started)
     if regime is not None:
         text += quickstart_report(regime, args.duration)
         out.write_text(text)
@@ -1127,7 +1174,7 @@ def write_outputs(results: list[RunResult], args: argparse.Namespace, configs: l
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, configs, workloads = parse_args(argv)
+    args, plan = parse_args(argv)
     if args.asgi:
         from bench import asgi
 
@@ -1164,15 +1211,15 @@ def main(argv: list[str] | None = None) -> int:
             out.with_suffix(".json").write_text(json.dumps(rows, indent=1, default=str))
             print(out.read_text())
             return 0
-        results = run_matrix(server, monitor, args, configs, workloads, tmp, progress)
+        results = run_matrix(server, monitor, args, plan, tmp, progress)
         if args.demo:
             print("\nResult (one gunicorn gevent worker, wrk -c 100, /item/<random id>):\n")
-            print(demo_report(results, configs))
+            print(demo_report(results, plan[0][1]))
             print()
             return 0
         regime = None if args.no_regime else run_quickstart_regime(server, monitor, args.duration, tmp, progress)
         micro = None if args.no_micro else run_micro(server, args.quick)
-        write_outputs(results, args, configs, workloads, server_version, regime, micro, started)
+        write_outputs(results, args, plan, server_version, regime, micro, started)
         return 0
     except KeyboardInterrupt:
         print("\nbench: interrupted; stopping what was started ...", file=sys.stderr)

@@ -152,8 +152,14 @@ def main(argv: list[str] | None = None) -> int:
         run.prepare_database(server)
         monitor = run.Monitor(server)
         run.CLEANUP.push("monitor connection", monitor.close)
-        for rep in range(repeats):
-            results += run_repetition(server, monitor, rep, drivers, workloads, duration, tmp, progress)
+        plan = [(wk, configs_for(wk, driver)) for driver in drivers for wk in workloads]
+        for rep, wk, ck in run.schedule(plan, repeats, lambda ck: CONFIGS[ck].mode == "stock"):
+            r = run.one_run(server, monitor, CONFIGS[ck], WORKLOADS[wk], rep, duration, tmp, progress, None)
+            results.append(r)
+            run.log(f"    {ck:<22} {wk:<5} {run.fmt(r.rps):>7} req/s  p50 {run.fmt(r.p50_ms, 1):>7} ms  "
+                    f"errors {r.errors:>5}  peak conns {r.peak_connections:>4}  commands/req "
+                    f"{run.fmt(r.commands_per_request, 2):>5}  cpu ms/req "
+                    f"{run.fmt(r.worker_cpu_ms_per_request, 3)}  {r.note}")
     except KeyboardInterrupt:
         print("bench: interrupted", file=sys.stderr)
         return 130
@@ -163,24 +169,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_repetition(server: Any, monitor: Any, rep: int, drivers: list[str], workloads: list[str], duration: int,
-                   tmp: Path, progress: bool) -> list[Any]:
-    """One repetition: every driver, workload and configuration, the configurations in a rotated order."""
-    results = []
-    for driver in drivers:
-        for wk in workloads:
-            order = configs_for(wk, driver)
-            order = order[rep % len(order):] + order[:rep % len(order)]  # interleaved
-            for ck in order:
-                r = run.one_run(server, monitor, CONFIGS[ck], WORKLOADS[wk], rep, duration, tmp, progress, None)
-                results.append(r)
-                run.log(f"    {ck:<22} {wk:<5} {run.fmt(r.rps):>7} req/s  p50 {run.fmt(r.p50_ms, 1):>7} ms  "
-                        f"errors {r.errors:>5}  peak conns {r.peak_connections:>4}  commands/req "
-                        f"{run.fmt(r.commands_per_request, 2):>5}  cpu ms/req "
-                        f"{run.fmt(r.worker_cpu_ms_per_request, 3)}  {r.note}")
-    return results
-
-
 def write_report(out: Path, results: list[Any], drivers: list[str], duration: int, repeats: int,
                  started: float) -> None:
     summary = summarise(results, drivers)
@@ -188,7 +176,8 @@ def write_report(out: Path, results: list[Any], drivers: list[str], duration: in
     header = [
         "# pool_mode='transaction' under load (bench/txmode.py)", "",
         f"- Load: `wrk -c {run.CONNECTIONS} -t {run.THREADS} -d {duration}s` against `gunicorn -k gevent -w 1`, "
-        f"a fresh gunicorn per run, {repeats} repetition(s) interleaved, medians shown; pool_size "
+        f"a fresh gunicorn per run, {repeats} repetition(s) interleaved (stock CONN_MAX_AGE=0 runs after the others: "
+        "bench/run.py's `schedule()`), medians shown; pool_size "
         f"{run.POOL_SIZE}, max_overflow 0. Peak sessions: the highest `Threads_connected` sampled every 50 ms "
         "(the sampler's own session excluded); commands/req: `Questions` + `Com_admin_commands` per request.",
         f"- Machine load before: {run._loadavg()}; total {time.monotonic() - started:.0f} s.", "",

@@ -4,6 +4,7 @@ command per one-query request, the pool closed when the server exits, and a clie
 mid-query leaves no checked-out or broken connection behind."""
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import threading
@@ -177,6 +178,61 @@ def test_client_hanging_up_mid_query_leaves_no_connection_behind(asgi: dict[str,
     assert ids <= live, (ids, live)
     assert checked_out(port) == 0
     assert ok(port, "/async/item/2")["id"] == 2
+
+
+# -- pool_mode="transaction" under uvicorn -------------------------------------------------------
+
+CLIENTS = 4
+WAIT_MS = 2000
+
+
+@server_process
+@pytest.mark.parametrize("pool_mode", ["request", "transaction"])
+def test_transaction_mode_holds_no_connection_while_an_async_view_awaits(mariadb: Any, tmp_path: Any,
+                                                                          pool_mode: str) -> None:
+    """``aget()``, ``await asyncio.sleep``, ``aget()`` from several clients at once: in request mode
+    each request holds its connection through the wait; in transaction mode none does, and each
+    statement checks one out (the request-mode run is the control that shows the test can fail)."""
+    prepare_example_db(mariadb, DB, djsettings.DRIVER, rows=ROWS)
+    port = free_port()
+    proc = Process(command("uvicorn", port), tmp_path / "uvicorn.log",
+                   env=example_env(mariadb, DB, djsettings.DRIVER, pool_size=CLIENTS,
+                                   EXAMPLE_POOL_OPTIONS=json.dumps({"pool_mode": pool_mode})))
+    threads: list[threading.Thread] = []
+    try:
+        proc.wait_http(port)
+        ok(port, "/async/item/1")  # the pool exists
+        base = pool_stats(port)[0]["checkouts"]
+        answers: list[tuple[int, Any]] = []
+        path = f"/async/tx/query-wait-query?ms={WAIT_MS}&ids={ROWS}"
+        threads = [threading.Thread(target=lambda: answers.append(http_get(port, path))) for _ in range(CLIENTS)]
+        for t in threads:
+            t.start()
+
+        def between_the_queries() -> tuple[int, int] | None:
+            # Every request ran its first query and none its second yet: all are in their wait.
+            stats = pool_stats(port)[0]
+            if stats["checkouts"] - base != CLIENTS:
+                return None
+            if pool_mode == "transaction" and stats["checked_out"]:
+                return None  # a statement's connection on its way back
+            return stats["checkouts"] - base, stats["checked_out"]
+
+        checkouts, held = wait_for(between_the_queries, WAIT_MS / 1000, "every request inside its wait")
+        assert held == (CLIENTS if pool_mode == "request" else 0), (pool_mode, held)
+        for t in threads:
+            t.join(30)
+        assert sorted(status for status, _ in answers) == [200] * CLIENTS, answers
+        total = pool_stats(port)[0]["checkouts"] - base
+        assert total == (CLIENTS if pool_mode == "request" else 2 * CLIENTS), (pool_mode, total)
+        assert checked_out(port) == 0
+        assert sessions(mariadb, DB) <= CLIENTS
+    finally:
+        for t in threads:
+            t.join(30)
+        proc.stop()
+        wait_for(lambda: sessions(mariadb, DB) == 0, 30, "this test's sessions gone")
+        mariadb.execute(f"DROP DATABASE IF EXISTS {DB}")
 
 
 # -- autopool.W020: persistent, unpooled MySQL connections in an ASGI project --------------------

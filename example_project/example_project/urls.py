@@ -17,4 +17,5 @@ urlpatterns = [
     path("async/bump/<int:item_id>", async_views.bump),
     path("async/sleep", async_views.sleep),
     path("async/cid", async_views.cid),
+    path("async/tx/query-wait-query", txviews.async_query_wait_query),  # bench/asgi.py
 ]
