@@ -3,7 +3,7 @@
 
 One command, from the repository root (``bench`` and ``tests`` are packages of it)::
 
-    python -m bench.run            # full run (about 20 minutes)
+    python -m bench.run            # full run (about 19 minutes)
     python -m bench.run --quick    # one short repetition (about 2 minutes)
     python -m bench.run --demo     # the README's demo: stock vs autopool, under a minute
 
