@@ -80,6 +80,34 @@ def connection_id() -> int:
         return int(cur.fetchone()[0])
 
 
+def sessions_held_at_once(n: int) -> tuple[list[int], list[str]]:
+    """``n`` threads (greenlets under gevent) check connections out together and each holds its own
+    until all have queried, so each sees its own session: their ``CONNECTION_ID()``s and errors."""
+    from django.db import connection
+
+    barrier = threading.Barrier(n)
+    ids: list[int] = []
+    errors: list[str] = []
+
+    def work() -> None:
+        try:
+            barrier.wait(30)  # the checkouts race each other
+            ids.append(connection_id())
+            barrier.wait(30)  # all held at once: a session each
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller
+            errors.append(f"{type(exc).__name__}: {exc}")
+            barrier.abort()
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=work) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return ids, errors
+
+
 class Parent:
     """The parent's five sessions: three idle in the pool, one held by this thread, one by another."""
 
@@ -105,28 +133,10 @@ class Parent:
 
     def _fill_pool(self) -> list[int]:
         """IDLE + 2 sessions opened at once, all returned: the pool holds them idle."""
-        from django.db import connection
-
         n = IDLE + 2
-        barrier = threading.Barrier(n)
-        ids: list[int] = []
-
-        def work() -> None:
-            try:
-                ids.append(connection_id())
-                barrier.wait(30)
-                connection.close()
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                self.errors.append(exc)
-                barrier.abort()
-
-        threads = [threading.Thread(target=work) for _ in range(n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        if self.errors or len(ids) != n:
-            raise RuntimeError(f"could not fill the pool: {self.errors!r}")
+        ids, errors = sessions_held_at_once(n)
+        if errors or len(ids) != n:
+            raise RuntimeError(f"could not fill the pool: {errors!r}")
         return ids
 
     def _hold(self) -> None:
@@ -169,29 +179,8 @@ class Parent:
             self.problems.append(f"pooled sessions before {sorted(self.ids)}, after {sorted(seen)}")
 
     def _fill_pool_again(self) -> set:
-        from django.db import connection
-
-        n = IDLE + 2
-        barrier = threading.Barrier(n)
-        ids: list[int] = []
-        errors: list[str] = []
-
-        def work() -> None:
-            try:
-                barrier.wait(30)  # all five checked out at once: every pooled session is used
-                ids.append(connection_id())
-                barrier.wait(30)
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                errors.append(f"{type(exc).__name__}: {exc}")
-                barrier.abort()
-            finally:
-                connection.close()
-
-        threads = [threading.Thread(target=work) for _ in range(n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+        # All IDLE + 2 checked out at once: every pooled session is used.
+        ids, errors = sessions_held_at_once(IDLE + 2)
         if errors:
             self.problems.append(f"pooled sessions after the child: {errors}")
         return set(ids)
@@ -318,31 +307,11 @@ def child_c_checkout(parent: Parent) -> dict[str, Any]:
     """Forked by C's fork(): the first use is a checkout, by new threads (greenlets under gevent) at
     once, as a worker's request threads; then the main thread's wrapper, which held a connection at
     fork time, queries through a request."""
-    from django.db import connection
 
     problems: list[str] = []
     _no_handler_ran(problems)
-    ids: list[int] = []
-    errors: list[str] = []
     n = 3
-    barrier = threading.Barrier(n)
-
-    def work() -> None:
-        try:
-            barrier.wait(30)  # the first checkouts race to the reset
-            ids.append(connection_id())
-            barrier.wait(30)  # all held at once: a session each
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(f"{type(exc).__name__}: {exc}")
-            barrier.abort()
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=work) for _ in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    ids, errors = sessions_held_at_once(n)  # the first checkouts race to the reset
     if errors or len(set(ids)) != n or set(ids) & parent.ids:
         problems.append(f"the new threads' queries in the child: {ids} {errors}")
     result = _request(parent, opened=n)
