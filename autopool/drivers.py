@@ -196,14 +196,55 @@ class Driver:
             return False
         cached = conn.__dict__.get(POLLER_ATTR)
         if cached is None or cached[0] != fd:  # a reconnect in place changes the descriptor
-            poller = _original_poll()()
-            poller.register(fd, _POLLIN)  # errors and hang-ups are reported too
-            cached = conn.__dict__[POLLER_ATTR] = (fd, poller)
-        return bool(cached[1].poll(0))
+            cached = conn.__dict__[POLLER_ATTR] = (fd, _poller(fd))
+        ready: Callable[[], bool] = cached[1]
+        return ready()
 
 
-POLLER_ATTR = "_autopool_poller"  # (descriptor, poll object) for Driver.pending_input
-_POLLIN = 1  # select.POLLIN
+POLLER_ATTR = "_autopool_poller"  # (descriptor, its poll function) for Driver.pending_input
+_POLLIN = 1  # POLLIN; errors and hang-ups are reported whatever is asked
+
+
+class _PollFd(ctypes.Structure):
+    _fields_ = [("fd", ctypes.c_int), ("events", ctypes.c_short), ("revents", ctypes.c_short)]
+
+
+def _libc_poll() -> Any:
+    # poll(2) with a zero timeout never blocks, so it may keep the GIL: called
+    # through PyDLL it does. select.poll releases and retakes it, which in a
+    # busy threaded server (uvicorn's request threads) is a thread switch on
+    # every return.
+    try:
+        poll = ctypes.PyDLL(None, use_errno=True).poll
+    except (AttributeError, OSError):
+        return None
+    poll.restype = ctypes.c_int
+    poll.argtypes = [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_int]
+    return poll
+
+
+_LIBC_POLL = _libc_poll()
+
+
+def _poller(fd: int) -> Callable[[], bool]:
+    """A function telling, without waiting, whether ``fd`` is readable (or failed)."""
+    libc_poll = _LIBC_POLL
+    if libc_poll is not None:
+        pollfd = _PollFd(fd, _POLLIN, 0)
+        address = ctypes.addressof(pollfd)
+
+        def ready() -> bool:
+            pollfd.revents = 0
+            n: int = libc_poll(address, 1, 0)
+            if n < 0:  # EINTR or a bad descriptor: ask select.poll, which raises or retries
+                return bool(fallback.poll(0))
+            return n > 0
+
+    fallback = _original_poll()()
+    fallback.register(fd, _POLLIN)
+    if libc_poll is None:
+        return lambda: bool(fallback.poll(0))
+    return ready
 
 
 def _original_poll() -> Any:
@@ -685,7 +726,11 @@ class _Native:
         # OSError (no library) or AttributeError (a function missing): the
         # driver has no _Native.
         lib = ctypes.CDLL(extension_path)
-        get_infov = lib.mariadb_get_infov
+        # mariadb_get_infov() only reads the handle's memory: called through
+        # PyDLL it keeps the GIL. Through CDLL each call would release and
+        # retake it, a thread switch in a busy threaded server (uvicorn's
+        # request threads), and a return reads it three times.
+        get_infov = ctypes.PyDLL(extension_path).mariadb_get_infov
         get_infov.restype = ctypes.c_ubyte
         get_infov.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
         reset = lib.mysql_reset_connection

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -216,6 +217,32 @@ def test_tracked_schema_parses_session_state() -> None:
 
 
 # -- unread results --------------------------------------------------------------------------------
+
+def test_the_socket_poll_sees_a_waiting_reply_a_goodbye_and_a_closed_descriptor() -> None:
+    """``Driver.pending_input``'s poll: what it must see on a returned connection's socket."""
+    import socket
+
+    if sys.platform.startswith("linux"):
+        # The GIL-holding libc call is the one in use (select.poll is the fallback).
+        assert drivers._LIBC_POLL is not None
+    ours, peer = socket.socketpair()
+    try:
+        ready = drivers._poller(ours.fileno())
+        assert ready() is False
+        peer.sendall(b"x")  # a reply nobody read
+        assert ready() is True
+        assert ours.recv(1) == b"x"
+        assert ready() is False
+        peer.close()  # the server's goodbye
+        assert ready() is True
+        closed = ours.fileno()
+        ours.close()
+        assert drivers._poller(closed)() is True  # a descriptor gone: never pooled
+    finally:
+        ours.close()
+        peer.close()
+
+
 
 def _ss_cursor(conn: Any) -> Any:
     cursors = importlib.import_module(conn.Database.__name__ + ".cursors")
