@@ -245,8 +245,17 @@ def test_isolated_node_serves_no_request(cluster: Any, tmp_path: Any) -> None:
         sorted(round(r[7] - t_isolate, 3) for r in cut)[-10:]
     assert t_up > t_nonprimary + 0.5
     failed = [r for r in records if not r[3]]
-    assert all(r[0] < t_down + 0.05 for r in failed), [r for r in failed if r[0] >= t_down + 0.05][:5]
-    assert len(failed) <= POOL_SIZE, len(failed)  # README: those holding its connections
+    # When node1 rejoins, Galera may take the other two out of the primary component for a moment
+    # too (seen once in CI: both at wsrep_ready=OFF for 0.8 s, 4 s after the isolation). Requests on
+    # them fail then, and autopool marks those hosts down as they do. Such failures end with one of
+    # those marks (within 0.1 s) and started after the others had evicted node1; every other failure
+    # is a request that held, or picked up before it was marked down, a connection to node1.
+    others_down = [t for t, msg in result["events"] if " is down" in msg and f"127.0.0.1:{port} " not in msg]
+    at_rejoin = [r for r in failed if r[0] >= t_evicted and any(abs(r[1] - t) < 0.1 for t in others_down)]
+    at_cut = [r for r in failed if r not in at_rejoin]
+    assert all(r[0] < t_down + 0.05 for r in at_cut), [r for r in at_cut if r[0] >= t_down + 0.05][:5]
+    assert len(at_cut) <= POOL_SIZE, len(at_cut)  # README: those holding its connections
+    assert len(at_rejoin) <= 2 * POOL_SIZE, len(at_rejoin)  # those holding the other two nodes' connections
     # Clean errors only: 1047 (node not ready), 1180/1213 (commit refused), 1205 (a write waiting on
     # the cut-off node's locks gave up), 2006/2013 (connection lost).
     assert all(r[5] in (1047, 1180, 1205, 1213, 2006, 2013) for r in failed), {r[5] for r in failed}
