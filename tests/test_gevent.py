@@ -10,6 +10,7 @@ import time
 import pytest
 
 from tests import djsettings
+from tests.scenario_main import DUMP_ENV
 
 pytest.importorskip("gevent")
 # Each scenario runs in a fresh monkey-patched process: scripts/test.sh runs them in its plain runs.
@@ -22,8 +23,13 @@ def scenario(mariadb):
 
     def run(name, timeout=120, **params):
         env = dict(os.environ, **mariadb.env())
-        proc = subprocess.run([sys.executable, "-m", "tests.gevent_scenarios", name, json.dumps(params)],
-                              capture_output=True, text=True, env=env, timeout=timeout)
+        env[DUMP_ENV] = str(max(timeout - 10, timeout * 0.8))  # a hang shows its stacks (below), not only a timeout
+        try:
+            proc = subprocess.run([sys.executable, "-m", "tests.gevent_scenarios", name, json.dumps(params)],
+                                  capture_output=True, text=True, env=env, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
+            pytest.fail(f"scenario {name} {params} still running after {timeout} s; its stderr:\n{stderr[-8000:]}")
         assert proc.returncode == 0, proc.stderr[-4000:]
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
