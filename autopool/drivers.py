@@ -228,22 +228,22 @@ _LIBC_POLL = _libc_poll()
 
 def _poller(fd: int) -> Callable[[], bool]:
     """A function telling, without waiting, whether ``fd`` is readable (or failed)."""
-    libc_poll = _LIBC_POLL
-    if libc_poll is not None:
-        pollfd = _PollFd(fd, _POLLIN, 0)
-        address = ctypes.addressof(pollfd)
-
-        def ready() -> bool:
-            pollfd.revents = 0
-            n: int = libc_poll(address, 1, 0)
-            if n < 0:  # EINTR or a bad descriptor: ask select.poll, which raises or retries
-                return bool(fallback.poll(0))
-            return n > 0
-
     fallback = _original_poll()()
     fallback.register(fd, _POLLIN)
+    libc_poll = _LIBC_POLL
     if libc_poll is None:
         return lambda: bool(fallback.poll(0))
+    # poll(2) rewrites revents on every call: the struct is set up once.
+    pollfd = _PollFd(fd, _POLLIN, 0)
+    address = ctypes.addressof(pollfd)
+
+    def ready() -> bool:
+        n: int = libc_poll(address, 1, 0)
+        if n < 0:  # EINTR or a bad descriptor: ask select.poll, which raises or retries
+            return bool(fallback.poll(0))
+        return n > 0
+
+    ready.pollfd = pollfd  # type: ignore[attr-defined]  # the struct lives as long as the function
     return ready
 
 
