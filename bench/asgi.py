@@ -19,9 +19,9 @@ awaits ``aget()``, ``asyncio.sleep(0.05)``, ``aget()``
 (``CONN_MAX_AGE=None``), autopool (``pool_size=10, max_overflow=0``) and, on
 qwq, autopool with ``pool_mode="transaction"`` (and both autopool modes on
 ``qwq200``, the same view waiting 200 ms). Every repetition runs each
-configuration once, in a rotated order, stock ones included (see
-``INTERLEAVE`` below); the verdicts give the ratio of the medians and its
-range over the repetitions.
+configuration once, in a rotated order, stock ones included (see ``main``);
+the verdicts take the median of each repetition's own ratio, and show its
+range.
 
 Measured on the server by a side connection: peak sessions
 (``Threads_connected`` sampled every 50 ms, minus the baseline), sessions still
@@ -96,13 +96,6 @@ WORKLOADS = {
 # Which configurations run which workload: transaction mode where it can help.
 PLAN = {"async": ("stock", "persistent", "autopool"), "sync": ("stock", "persistent", "autopool"),
         "qwq": ("stock", "persistent", "autopool", "autopool-tx"), "qwq200": ("autopool", "autopool-tx")}
-# Unlike the gevent runs of bench/run.py (whose schedule() puts stock CONN_MAX_AGE=0 after all
-# the others), stock runs here are interleaved with autopool's: under ASGI a run right after a
-# stock one was not slower (autopool at 396 req/s median after a stock run, 393 otherwise, in 8
-# alternating pairs), while the machine's speed drifts by 20% over minutes, so a stock block
-# run minutes after autopool's compared different machines (1.09x against 1.27x interleaved).
-INTERLEAVE = True
-
 LUA = r"""
 local prefix = "__PREFIX__"
 local max_id = __MAX_ID__
@@ -335,8 +328,12 @@ def main(argv: list[str] | None = None) -> int:
         monitor = base.Monitor(server)
         base.CLEANUP.push("monitor connection", monitor.close)
         plan = [(wk, [c for c in PLAN[wk] if c in configs]) for wk in workloads]
-        grouped = () if INTERLEAVE else ("stock", "persistent")  # the runs schedule() puts last
-        for rep, wk, ck in base.schedule(plan, repeats, lambda ck: ck in grouped):
+        # Unlike bench/run.py's gevent runs, stock runs are interleaved with autopool's (no
+        # configuration put last): under ASGI a run right after a stock one was not slower
+        # (autopool at 396 req/s median after a stock run, 393 otherwise, in 8 alternating pairs),
+        # while the machine's speed drifts by 20% over minutes, so a stock block run minutes after
+        # autopool's compared different machines (1.09x against 1.27x interleaved).
+        for rep, wk, ck in base.schedule(plan, repeats, lambda ck: False):
             r = one_run(server, monitor, ck, wk, rep, duration, tmp)
             results.append(r)
             base.log(f"    rep {rep + 1} {wk:<6} {ck:<11} {r.rps:8,.0f} req/s  p99 {r.p99_ms:7.1f} ms  "
@@ -363,7 +360,7 @@ def write_report(out: Path, results: list[Result], plan: list[tuple[str, list[st
             "# ASGI benchmark (bench/asgi.py)", "",
         f"- uvicorn {uvicorn.__version__}, one process; `wrk -c {CONNECTIONS} -t {THREADS} -d {duration}s` "
         f"(qwq: `-c {TX_CONNECTIONS}`); {repeats} repetition(s), each running every configuration once in a "
-        "rotated order, stock ones included (`INTERLEAVE` in bench/asgi.py); "
+        "rotated order, stock ones included; "
         f"mysqlclient; {version}.",
         f"- {base._versions()}",
         f"- Load average at the start: {load_before}; at the end: {base._loadavg()} (a busy machine "
