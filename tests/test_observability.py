@@ -127,6 +127,12 @@ def sessions_on(server: Server, db: str) -> int:
     return int(server.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = %s", (db,))[0][0])
 
 
+def session_id(w: Any) -> int:
+    with w.connection.cursor() as cur:
+        cur.execute("SELECT CONNECTION_ID()")
+        return int(cur.fetchone()[0])
+
+
 def one(alias: str) -> dict[str, Any]:
     import autopool
 
@@ -204,20 +210,26 @@ def test_stats_fields_follow_real_checkouts(pooled: Callable[..., Pooled], obs_s
 def test_stats_recycled_retired_too_many_waiters(pooled: Callable[..., Pooled]) -> None:
     from autopool import TooManyWaiters
 
+    # SQLAlchemy dates a connection from the start of its connect, so the age must dwarf a
+    # connect on a loaded machine: at 0.05 s a slow first connect was recycled at once.
     p = pooled({
-        "obs_recycle": {"recycle": 0.05},
+        "obs_recycle": {"recycle": 0.5},
         "obs_elastic": {"django_pool_class": "autopool.pool.DjangoQueuePool", "pool_size": 3,
                         "django_core_pool_size": 1, "django_retire_interval": 0.05},
         "obs_waiters": {"pool_size": 1, "max_overflow": 0, "max_waiting": 0},
     })
     w = p.wrapper("obs_recycle")
     w.ensure_connection()
+    first = session_id(w)
     w.close()
-    time.sleep(0.1)
+    assert one("obs_recycle")["connections_recycled"] == 0
+    time.sleep(0.6)  # the age under test, not synchronisation
     w.ensure_connection()
+    second = session_id(w)
     w.close()
     row = one("obs_recycle")
-    assert (row["connections_recycled"], row["checkouts"], row["recycle"]) == (1, 2, 0.05)
+    assert (row["connections_recycled"], row["checkouts"], row["recycle"]) == (1, 2, 0.5)
+    assert second != first
 
     burst = [p.wrapper("obs_elastic") for _ in range(3)]
     for w in burst:
