@@ -2,8 +2,11 @@
 
 Patch definitions live in ``hooks``; this module only applies and removes
 them, with wrapt, whether Django's MySQL backend is imported before or after
-``install()``. Every patch is recorded with what it replaced so that
-``uninstall()`` restores the stock class attribute by identity.
+``install()``. Two groups wait until they are needed, so that projects without
+them call through none: Django's error path (a multi-host pool exists) and
+transaction mode's per-request hooks (a wrapper entered that mode). Every
+patch is recorded with what it replaced so that ``uninstall()`` restores the
+stock class attribute by identity.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ _hook_registered = False
 # (class, attribute, had its own attribute, original value)
 _applied: list[tuple[type, str, bool, Any]] = []
 _error_applied: list[tuple[type, str, bool, Any]] = []
+_mode_applied: list[tuple[type, str, bool, Any]] = []
 
 
 def _wrap(cls: type, name: str, wrapper: Callable[..., Any], applied: list[tuple[type, str, bool, Any]]) -> None:
@@ -78,7 +82,25 @@ def _apply(module: Any) -> None:
         for name, wrapper in txmode.PATCHES:
             if hasattr(cls, name):
                 _wrap(cls, name, wrapper, _applied)
+        txmode.on_transaction_mode(enable_transaction_mode_hooks)
         _connect_signals()
+
+
+def enable_transaction_mode_hooks() -> None:
+    """Apply transaction mode's per-request hooks (``txmode.MODE_PATCHES``), around
+    the others; idempotent, and only while installed. txmode calls it each time a
+    wrapper enters transaction mode, before that wrapper's ``connect()`` returns."""
+    if _mode_applied:  # the common case: no lock
+        return
+    with _lock:
+        if not _installed or not _applied or _mode_applied:
+            return
+        from . import txmode
+
+        cls = _applied[0][0]  # the DatabaseWrapper _apply() patched
+        for name, wrapper in txmode.MODE_PATCHES:
+            if hasattr(cls, name):
+                _wrap(cls, name, wrapper, _mode_applied)
 
 
 def _connect_signals() -> None:
@@ -114,6 +136,7 @@ def uninstall() -> None:
         if not _installed:
             return
         _installed = False
+        _restore(_mode_applied)  # they wrap the ones below
         _restore(_applied)
         _restore(_error_applied)
     registry.dispose()

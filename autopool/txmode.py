@@ -7,7 +7,8 @@ statement checks one out again. So a view that waits on something else
 between two queries holds no server connection while it waits.
 
 How, on Django's ``DatabaseWrapper`` (wrappers registered by ``patch.py``;
-each returns at once for a wrapper not in this mode):
+each returns at once for a wrapper not in this mode, and those called on
+every request are registered only once a wrapper first enters this mode):
 
 * ``make_cursor`` / ``make_debug_cursor`` hand out :class:`TxCursorWrapper`
   (a subclass of Django's cursor wrappers) whose ``execute``/``executemany``/
@@ -47,7 +48,7 @@ from __future__ import annotations
 import itertools
 import logging
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -120,6 +121,8 @@ def _set_mode(instance: Any, d: dict[str, Any]) -> None:
     fairy = d.get(FAIRY)
     cfg = getattr(getattr(fairy._pool, "autopool_entry", None), "config", None) if fairy is not None else None
     if cfg is not None and getattr(cfg, "pool_mode", None) == TRANSACTION:
+        for listener in _mode_listeners:
+            listener()
         state = d.get(TX)
         if state is None or state.guard != cfg.session_state_guard or state.owner != id(instance):
             state = d[TX] = _TxState(cfg.session_state_guard, id(instance))
@@ -520,18 +523,38 @@ def pinned(using: str = DEFAULT_DB_ALIAS) -> Iterator[Any]:
 
 
 # (DatabaseWrapper attribute, hook): registered by patch.py after its own
-# table, so these wrap autopool's hooks.
+# table, so these wrap autopool's hooks. ``connect`` decides the mode; the
+# constraint-checking pair may connect from inside their own call, so they
+# must already be in place when a wrapper first enters transaction mode.
 PATCHES = (
     ("connect", connect),
+    ("disable_constraint_checking", disable_constraint_checking),
+    ("enable_constraint_checking", enable_constraint_checking),
+)
+# Called several times per request: applied only once a wrapper enters
+# transaction mode (``_set_mode`` runs the listeners first), so a project in
+# request mode calls through none of them. Each matters only after a
+# connect() in transaction mode, by which time it is applied: Django looks
+# each one up after ``ensure_connection()``.
+MODE_PATCHES = (
     ("get_autocommit", get_autocommit),
     ("set_autocommit", set_autocommit),
     ("close", close),
     ("create_cursor", create_cursor),
-    ("disable_constraint_checking", disable_constraint_checking),
-    ("enable_constraint_checking", enable_constraint_checking),
     ("make_cursor", make_cursor),
     ("make_debug_cursor", make_debug_cursor),
 )
+
+# patch.py registers the step that applies MODE_PATCHES, so this layer never
+# imports the one that installs it. A listener returns at once once applied.
+_mode_listeners: list[Callable[[], None]] = []
+
+
+def on_transaction_mode(listener: Callable[[], None]) -> None:
+    """Call ``listener()`` whenever a wrapper enters transaction mode, before its
+    ``connect()`` returns (once per listener, however often registered)."""
+    if listener not in _mode_listeners:
+        _mode_listeners.append(listener)
 
 FAIRY = hooks.FAIRY
 CHECKED_OUT_BY = hooks.CHECKED_OUT_BY

@@ -5,11 +5,13 @@ From the repository root::
 
     python -m bench.asgi               # 3 repetitions of 10 s per run (~10 minutes)
     python -m bench.asgi --quick       # one repetition of 5 s
+    python -m bench.asgi --workers 2   # uvicorn --workers 2: a process per core, as deployed
     python -m bench.run --asgi         # the same, from the main benchmark script
 
 A throw-away MariaDB (``tests/mariadb.py``) with the example database seeded
 (``bench/run.py``'s set-up), then, for each configuration and workload, a fresh
-``uvicorn example_project.asgi:application`` (one process) on a free loopback
+``uvicorn example_project.asgi:application`` (one process; ``--workers N``:
+N worker processes, each with its own pool, so the cap is N x pool_size) on a free loopback
 port, loaded with ``wrk -c 50 -t 2`` for the duration. Workloads: a one-row
 ORM SELECT through the async API (``/async/item/<id>``: ``aget``) and through a
 sync view (``/item/<id>``), random ids; and ``qwq``, an async view that
@@ -55,6 +57,7 @@ CONNECTIONS = 50
 THREADS = 2
 POOL_SIZE = 10
 LEAK_WAIT = 5.0
+WORKERS = 1  # uvicorn worker processes (--workers); the session cap is WORKERS * POOL_SIZE
 
 TX_CONNECTIONS = 100  # the qwq workload's clients, as bench/txmode.py's
 
@@ -143,6 +146,8 @@ def start_uvicorn(server: Server, mode: str, log_path: Path,
         port = free_port()
         cmd = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
                "--log-level", "warning", "example_project.asgi:application"]
+        if WORKERS > 1:
+            cmd[3:3] = ["--workers", str(WORKERS)]
         with open(log_path, "ab") as logf:
             proc = subprocess.Popen(cmd, cwd=base.EXAMPLE, env=env, stdin=subprocess.DEVNULL, stdout=logf,
                                     stderr=subprocess.STDOUT, start_new_session=True)
@@ -201,7 +206,9 @@ def one_run(server: Server, monitor: base.Monitor, config: str, workload: str, r
         # Warm-up under load: the pool grows to its size before the counters start.
         run_wrk(port, script, 1, wl.connections)
         server_pids = [server.pid] if server.pid else []
-        ucpu0, scpu0 = base.cpu_seconds([proc.pid]), base.cpu_seconds(server_pids)
+        # With --workers, the supervisor's children serve; warm-up has started them all.
+        uvicorn_pids = [proc.pid, *base.children(proc.pid)]
+        ucpu0, scpu0 = base.cpu_seconds(uvicorn_pids), base.cpu_seconds(server_pids)
         q0, a0, c0 = monitor.counters()
         monitor.start_sampling()
         try:
@@ -209,7 +216,7 @@ def one_run(server: Server, monitor: base.Monitor, config: str, workload: str, r
         finally:
             res.peak_sessions = monitor.stop_sampling()
         q1, a1, c1 = monitor.counters()
-        ucpu1, scpu1 = base.cpu_seconds([proc.pid]), base.cpu_seconds(server_pids)
+        ucpu1, scpu1 = base.cpu_seconds(uvicorn_pids), base.cpu_seconds(server_pids)
         time.sleep(LEAK_WAIT)  # still serving nothing: what stays connected is kept, not in flight
         res.leftover_sessions = monitor.threads_connected() - monitor.run_baseline
         if proc.poll() is not None:
@@ -280,17 +287,18 @@ def _verdict(wk: str, ck: str, rs: list[Result], m: dict[str, float], stock: dic
         # The median of each repetition's own ratio: the two runs of a repetition are seconds
         # apart, the medians of all runs minutes apart, and this machine's speed drifts.
         gain = statistics.median(per_rep) if per_rep else m["rps"] / stock["rps"]
-        ok = gain >= 1.2 and peak <= POOL_SIZE and cpr <= 1.05 and not errors
+        cap = WORKERS * POOL_SIZE
+        ok = gain >= 1.2 and peak <= cap and cpr <= 1.05 and not errors
         spread = f" (by repetition {min(per_rep):.2f}-{max(per_rep):.2f}x)" if len(per_rep) > 1 else ""
         return (f"- {WORKLOADS[wk].label}, {ck}: {gain:.2f}x stock CONN_MAX_AGE=0 req/s{spread}, median of "
                 f"the repetitions' ratios (target >= 1.2x; uvicorn "
-                f"CPU per request {stock['cpu'] / m['cpu']:.2f}x lower), peak sessions {peak} (<= {POOL_SIZE}), "
+                f"CPU per request {stock['cpu'] / m['cpu']:.2f}x lower), peak sessions {peak} (<= {cap}), "
                 f"{cpr:.2f} commands/request (<= 1.05), {errors} errors: {'MET' if ok else 'NOT MET'}")
     if wk.startswith("qwq") and ck == "autopool-tx" and request_mode:
         gain = m["rps"] / request_mode["rps"]
         vs_stock = f", {m['rps'] / stock['rps']:.2f}x stock CONN_MAX_AGE=0" if stock else ""
         return (f"- {WORKLOADS[wk].label}: transaction mode {gain:.2f}x request mode req/s{vs_stock}; peak sessions "
-                f"{peak} (<= {POOL_SIZE}), {cpr:.2f} commands/request, {errors} errors")
+                f"{peak} (<= {WORKERS * POOL_SIZE}), {cpr:.2f} commands/request, {errors} errors")
     return ""
 
 
@@ -299,10 +307,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="one repetition of 5 s per run")
     parser.add_argument("--duration", type=int, help="seconds of load per run (default 10, --quick 5)")
     parser.add_argument("--repeats", type=int, help="repetitions (default 3, --quick 1)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="uvicorn worker processes (default 1; each has its own pool)")
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"subset of {','.join(CONFIGS)}")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"subset of {','.join(WORKLOADS)}")
-    parser.add_argument("--output", default=str(base.RESULTS / "asgi.md"), help="Markdown report path")
+    parser.add_argument("--output", help="Markdown report path (default bench/results/asgi.md; "
+                        "with --workers N: asgi-workersN.md)")
     args = parser.parse_args(argv)
+    global WORKERS
+    WORKERS = args.workers
     duration = args.duration or (5 if args.quick else 10)
     repeats = args.repeats or (1 if args.quick else 3)
     configs = [c for c in args.configs.split(",") if c]
@@ -341,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"commands/req {r.commands_per_request:5.2f}  cpu ms/req uvicorn "
                      f"{r.uvicorn_cpu_ms_per_request:.2f} server {r.server_cpu_ms_per_request:.2f}  "
                      f"errors {r.errors}  {r.note}")
-        write_report(Path(args.output), results, plan, duration, repeats, version, load_before, started)
+        output = args.output or str(base.RESULTS / ("asgi.md" if WORKERS == 1 else f"asgi-workers{WORKERS}.md"))
+        write_report(Path(output), results, plan, duration, repeats, version, load_before, started)
         return 0
     except KeyboardInterrupt:
         print("\nbench asgi: interrupted; stopping what was started ...", file=sys.stderr)
@@ -358,14 +372,14 @@ def write_report(out: Path, results: list[Result], plan: list[tuple[str, list[st
     table = summary(results, plan)
     text = "\n".join([
             "# ASGI benchmark (bench/asgi.py)", "",
-        f"- uvicorn {uvicorn.__version__}, one process; `wrk -c {CONNECTIONS} -t {THREADS} -d {duration}s` "
+        f"- uvicorn {uvicorn.__version__}, {'one process' if WORKERS == 1 else f'--workers {WORKERS}'}; `wrk -c {CONNECTIONS} -t {THREADS} -d {duration}s` "
         f"(qwq: `-c {TX_CONNECTIONS}`); {repeats} repetition(s), each running every configuration once in a "
         "rotated order, stock ones included; "
         f"mysqlclient; {version}.",
         f"- {base._versions()}",
         f"- Load average at the start: {load_before}; at the end: {base._loadavg()} (a busy machine "
         "lowers and scatters req/s; the session and command counts do not depend on it).",
-        "- req/s, p99 and CPU ms/req (user+system time of the uvicorn process and of mariadbd over the "
+        "- req/s, p99 and CPU ms/req (user+system time of the uvicorn processes and of mariadbd over the "
         "load, per request): median over repetitions; sessions and commands/req: min-max.", "", table, ""])
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)

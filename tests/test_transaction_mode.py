@@ -526,3 +526,71 @@ def test_cursor_reused_when_the_pool_hands_back_the_same_connection(server: Any)
             assert cur.fetchone() == ("same",)
             cur.execute("DELETE FROM testapp_row WHERE value = 15")
         assert pool_of("tx1").checkedout() == 0
+
+
+_MODE_HOOKS_PROBE = """
+import sys
+import autopool, django, wrapt
+from django.conf import settings
+db = {"ENGINE": "django.db.backends.mysql", "NAME": "autopool_test", "USER": %(user)r, "PASSWORD": %(password)r,
+      "HOST": %(host)r, "PORT": %(port)r}
+settings.configure(DATABASES={"default": dict(db, POOL={"pool_size": 2}),
+                              "tx": dict(db, POOL={"pool_size": 2, "pool_mode": "transaction"})})
+autopool.install()
+django.setup()
+from django.db import connections
+from django.db.backends.mysql.base import DatabaseWrapper
+from autopool import hooks, txmode
+
+def applied():
+    def wrappers(value):
+        while isinstance(value, wrapt.FunctionWrapper):
+            yield value._self_wrapper
+            value = value.__wrapped__
+    return sorted(name for name, hook in txmode.MODE_PATCHES if hook in wrappers(DatabaseWrapper.__dict__.get(name)))
+
+def one(alias, sql):
+    with connections[alias].cursor() as cur:
+        cur.execute(sql)
+        return cur.fetchone()
+
+one("default", "SELECT 1")
+connections["default"].close()
+print("request mode:", applied())
+tx = connections["tx"]
+if sys.argv[1] == "constraints":  # the first use of the alias connects inside the wrapped call
+    with tx.constraint_checks_disabled():
+        print("inside:", one("tx", "SELECT @@SESSION.foreign_key_checks"), tx.connection is not None)
+    print("after:", one("tx", "SELECT @@SESSION.foreign_key_checks"), tx.connection is None)
+else:
+    print("first statement:", one("tx", "SELECT 1"), tx.connection is None)
+print("transaction mode:", applied())
+autopool.uninstall()
+print("uninstalled:", applied(), [n for n, _ in txmode.MODE_PATCHES if n in DatabaseWrapper.__dict__
+                                  and isinstance(DatabaseWrapper.__dict__[n], wrapt.FunctionWrapper)])
+"""
+
+
+@pytest.mark.parametrize("first_use", ["statement", "constraints"])
+def test_mode_hooks_wait_for_transaction_mode(server: Any, tmp_path: Any, first_use: str) -> None:
+    """A process without a transaction-mode wrapper calls through none of the per-request
+    transaction-mode hooks; the first wrapper to enter the mode has them from its first statement,
+    even when it connects inside ``constraint_checks_disabled()``; ``uninstall()`` removes them."""
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "probe.py"
+    path.write_text(_MODE_HOOKS_PROBE % dict(user=server.user, password=server.password, host=server.host,
+                                             port=str(server.port)))
+    out = subprocess.run([sys.executable, str(path), first_use], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    assert out.returncode == 0, out.stderr
+    names = sorted(name for name, _ in txmode.MODE_PATCHES)
+    expected = ["request mode: []"]
+    if first_use == "constraints":
+        expected += ["inside: (0,) True", "after: (1,) True"]
+    else:
+        expected += ["first statement: (1,) True"]
+    expected += [f"transaction mode: {names}", "uninstalled: [] []"]
+    assert out.stdout.splitlines() == expected, (out.stdout, out.stderr)
