@@ -556,6 +556,7 @@ def on_transaction_mode(listener: Callable[[], None]) -> None:
     if listener not in _mode_listeners:
         _mode_listeners.append(listener)
 
+
 FAIRY = hooks.FAIRY
 CHECKED_OUT_BY = hooks.CHECKED_OUT_BY
 REUSED = hooks.REUSED
