@@ -370,9 +370,10 @@ def write_report(out: Path, results: list[Result], plan: list[tuple[str, list[st
     import uvicorn
 
     table = summary(results, plan)
+    processes = "one process" if WORKERS == 1 else f"--workers {WORKERS}"
     text = "\n".join([
             "# ASGI benchmark (bench/asgi.py)", "",
-        f"- uvicorn {uvicorn.__version__}, {'one process' if WORKERS == 1 else f'--workers {WORKERS}'}; `wrk -c {CONNECTIONS} -t {THREADS} -d {duration}s` "
+        f"- uvicorn {uvicorn.__version__}, {processes}; `wrk -c {CONNECTIONS} -t {THREADS} -d {duration}s` "
         f"(qwq: `-c {TX_CONNECTIONS}`); {repeats} repetition(s), each running every configuration once in a "
         "rotated order, stock ones included; "
         f"mysqlclient; {version}.",
